@@ -1,0 +1,152 @@
+"""Regenerates the fixture captures in pcaps/ and the counts table in pcaps/README.md.
+
+    .venv/bin/python pcaps/make_fixtures.py              # crafted files; lab ones if missing
+    .venv/bin/python pcaps/make_fixtures.py --recapture  # also re-record the Kamailio calls
+
+Idempotent: crafted files are byte-identical on every run (rewritten only if different);
+the real Kamailio captures are recorded only when absent or with --recapture (run as root:
+tcpdump on lo, Kamailio and SIPp on ports 5060/5070/5080). Then tshark counts the SIP in
+every file and the table between the markers in README.md is rewritten.
+"""
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PCAPS = Path(__file__).resolve().parent
+sys.path[:0] = [str(PCAPS), str(PCAPS.parent)]
+
+from capfile import write_if_changed  # noqa: E402
+from crafted import CRAFTED  # noqa: E402
+from lab import LabError, LabPorts, SipLab  # noqa: E402
+
+README = PCAPS / "README.md"
+TABLE_BEGIN = "<!-- fixtures:begin (written by make_fixtures.py) -->"
+TABLE_END = "<!-- fixtures:end -->"
+LAB_CALLS = 5
+LAB_RATE = 5  # calls per second
+LAB_PAUSE_MS = 100  # between ACK and BYE
+LAB_TIMEOUT_S = 30
+LAB_MESSAGES_PER_CALL = 13  # INVITE, 100 (Kamailio's), INVITE, 2x180, 2x200, 2xACK, 2xBYE, 2x200
+LAB_FIXTURES = {
+    "kamailio-udp.pcap": ("udp", f"{LAB_CALLS} real calls over UDP: SIPp uac (127.0.0.1:5070) "
+                          "-> Kamailio (tm, record_route; 127.0.0.1:5060) -> SIPp uas "
+                          "(127.0.0.1:5080); 13 messages a call, Kamailio's 100 Trying "
+                          "included"),
+    "kamailio-tcp.pcap": ("tcp", f"{LAB_CALLS} real calls over TCP, same path; the uac "
+                          "opens one connection per call (-t tn), Kamailio keeps one to "
+                          "the uas"),
+}
+LAB_HOW = "SIPp -> Kamailio -> SIPp, tcpdump -i lo -s 0"
+CRAFTED_HOW = "scapy, fixed bytes"
+# The counting command (tests/test_fixtures.py runs the same one).
+TSHARK_COUNT = ["-o", "ip.defragment:TRUE", "-o", "ipv6.defragment:TRUE",
+                "-o", "tcp.desegment_tcp_streams:TRUE",
+                "-o", "tcp.reassemble_out_of_order:TRUE",
+                "--enable-heuristic", "sip_udp", "--enable-heuristic", "sip_tcp",
+                "-Y", "sip", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+                "-e", "frame.number", "-e", "sip.Method", "-e", "sip.Status-Code"]
+
+
+def tshark_sip_counts(path: Path) -> tuple[int, int]:
+    """(frames with SIP, SIP messages) as tshark counts them."""
+    out = subprocess.run(["tshark", "-n", "-r", str(path), *TSHARK_COUNT],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    frames = messages = 0
+    for line in out.splitlines():
+        _, _, rest = line.partition("\t")
+        frames += 1
+        messages += sum(1 for value in rest.replace("\t", ",").split(",") if value)
+    return frames, messages
+
+
+def capture_info(path: Path) -> tuple[str, int]:
+    """(link type, packet count) from capinfos."""
+    out = subprocess.run(["capinfos", "-T", "-r", "-E", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    _, encap, packets = out.strip().split("\t")
+    return encap, int(packets)
+
+
+def write_crafted() -> None:
+    for fixture in CRAFTED:
+        changed = write_if_changed(PCAPS / fixture.name, fixture.build())
+        print(f"{'wrote' if changed else 'unchanged'} {fixture.name}")
+
+
+def record_lab(name: str, transport: str) -> None:
+    """Records LAB_CALLS calls into pcaps/NAME; fails unless every call succeeded."""
+    with tempfile.TemporaryDirectory(prefix="siptrace-lab-") as tmp:
+        work = Path(tmp)
+        pcap = work / name
+        with SipLab(pcap, transport, work, LabPorts(), buffer_kib=4096) as lab:
+            result = lab.run_calls(LAB_CALLS, LAB_RATE, LAB_PAUSE_MS, LAB_TIMEOUT_S)
+        _, messages = tshark_sip_counts(pcap)
+        if (result.successful != LAB_CALLS or lab.capture.dropped
+                or messages != LAB_CALLS * LAB_MESSAGES_PER_CALL):
+            raise LabError(f"{name}: {result}, {lab.capture}, {messages} SIP messages")
+        shutil.copyfile(pcap, PCAPS / name)
+        print(f"recorded {name}: {result.successful} calls, {messages} SIP messages, "
+              f"{result.retransmissions} retransmissions, {lab.capture.captured} packets")
+
+
+def table_rows() -> list[str]:
+    """One README row per fixture file, counted now."""
+    described = {name: (holds, LAB_HOW) for name, (_, holds) in LAB_FIXTURES.items()}
+    described.update({f.name: (f.holds, CRAFTED_HOW) for f in CRAFTED})
+    files = sorted(p for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    unknown = [p.name for p in files if p.name not in described]
+    if unknown:
+        raise SystemExit(f"undescribed capture(s) in pcaps/: {', '.join(unknown)}")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counts = list(pool.map(tshark_sip_counts, files))
+        infos = list(pool.map(capture_info, files))
+    rows = ["| file | link type | packets | SIP frames | SIP messages | what it holds | made by |",
+            "|---|---|---|---|---|---|---|"]
+    for path, (frames, messages), (encap, packets) in zip(files, counts, infos):
+        holds, how = described[path.name]
+        rows.append(f"| {path.name} | {encap} | {packets} | {frames} | {messages} "
+                    f"| {holds} | {how} |")
+    return rows
+
+
+def update_readme(rows: list[str]) -> None:
+    text = README.read_text()
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise SystemExit(f"{README}: table markers missing")
+    README.write_text(head + begin + "\n" + "\n".join(rows) + "\n" + end + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recapture", action="store_true",
+                        help="re-record the Kamailio captures even if present")
+    parser.add_argument("--no-lab", action="store_true",
+                        help="never run Kamailio/SIPp (crafted files and counts only)")
+    args = parser.parse_args()
+    write_crafted()
+    for name, (transport, _) in LAB_FIXTURES.items():
+        if args.no_lab or ((PCAPS / name).exists() and not args.recapture):
+            continue
+        try:
+            record_lab(name, transport)
+        except LabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    if shutil.which("tshark") is None or shutil.which("capinfos") is None:
+        print("error: tshark/capinfos missing: README counts not updated", file=sys.stderr)
+        return 1
+    rows = table_rows()
+    update_readme(rows)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

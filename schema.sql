@@ -1,0 +1,80 @@
+-- sip_trace: the table siptrace writes, as a DBA creates it.
+--
+-- One section per dialect, each starting with a line "-- dialect: NAME". siptrace
+-- creates the same table itself when it is missing (siptrace/store/schema.py), and
+-- tests/test_store_schema.py checks that both agree, column by column and index by
+-- index, on a real server of each kind. The table name is a parameter (`--table`):
+-- replace sip_trace (and the index name prefixes on PostgreSQL/SQLite) for another.
+--
+-- Deviations from the OpenSER siptrace documentation (section 1.5), all three dialects:
+--   * msg is MEDIUMTEXT on MySQL: TEXT stops at 65,535 bytes and SIP messages with
+--     large bodies exceed it (modern Kamailio uses MEDIUMTEXT too). Elsewhere TEXT.
+--   * date keeps microseconds (DATETIME(6); TIMESTAMP is microsecond on PostgreSQL):
+--     the capture time of the packet, not the second the row was written.
+--   * date has no default: '0000-00-00 00:00:00' is rejected by MySQL's strict modes
+--     (NO_ZERO_DATE) and is not a valid timestamp elsewhere; siptrace always sets it.
+--   * utf8mb4: display names and bodies in any script; non-UTF-8 bytes are escaped
+--     reversibly by siptrace (docs/storage.md, "Text fidelity").
+--   * PostgreSQL and SQLite index names are per schema, not per table, so they carry
+--     the table name as a prefix (sip_trace_user_idx ...); MySQL keeps the documented names.
+
+-- dialect: mysql
+CREATE TABLE IF NOT EXISTS `sip_trace` (
+  `id` BIGINT NOT NULL AUTO_INCREMENT,
+  `date` DATETIME(6) NOT NULL,
+  `callid` VARCHAR(254) NOT NULL DEFAULT '',
+  `traced_user` VARCHAR(128) NOT NULL DEFAULT '',
+  `msg` MEDIUMTEXT NOT NULL,
+  `method` VARCHAR(50) NOT NULL DEFAULT '',
+  `status` VARCHAR(254) NOT NULL DEFAULT '',
+  `fromip` VARCHAR(50) NOT NULL DEFAULT '',
+  `toip` VARCHAR(50) NOT NULL DEFAULT '',
+  `fromtag` VARCHAR(64) NOT NULL DEFAULT '',
+  `direction` VARCHAR(4) NOT NULL DEFAULT '',
+  PRIMARY KEY (`id`),
+  INDEX user_idx (traced_user),
+  INDEX date_id (date),
+  INDEX ip_idx (fromip),
+  KEY `call_id` (`callid`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- dialect: postgresql
+CREATE TABLE IF NOT EXISTS sip_trace (
+  id BIGSERIAL NOT NULL PRIMARY KEY,
+  date TIMESTAMP NOT NULL,
+  callid VARCHAR(254) NOT NULL DEFAULT '',
+  traced_user VARCHAR(128) NOT NULL DEFAULT '',
+  msg TEXT NOT NULL,
+  method VARCHAR(50) NOT NULL DEFAULT '',
+  status VARCHAR(254) NOT NULL DEFAULT '',
+  fromip VARCHAR(50) NOT NULL DEFAULT '',
+  toip VARCHAR(50) NOT NULL DEFAULT '',
+  fromtag VARCHAR(64) NOT NULL DEFAULT '',
+  direction VARCHAR(4) NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sip_trace_user_idx ON sip_trace (traced_user);
+CREATE INDEX IF NOT EXISTS sip_trace_date_id ON sip_trace (date);
+CREATE INDEX IF NOT EXISTS sip_trace_ip_idx ON sip_trace (fromip);
+CREATE INDEX IF NOT EXISTS sip_trace_call_id ON sip_trace (callid);
+-- Optional daily partitions (siptrace --partitioned creates this form instead; purge
+-- then drops whole days): PRIMARY KEY (id, date) ... PARTITION BY RANGE (date), one
+-- partition per day sip_trace_pYYYYMMDD and sip_trace_default. See docs/storage.md.
+
+-- dialect: sqlite
+CREATE TABLE IF NOT EXISTS sip_trace (
+  id INTEGER NOT NULL PRIMARY KEY,
+  date DATETIME NOT NULL,
+  callid VARCHAR(254) NOT NULL DEFAULT '',
+  traced_user VARCHAR(128) NOT NULL DEFAULT '',
+  msg TEXT NOT NULL,
+  method VARCHAR(50) NOT NULL DEFAULT '',
+  status VARCHAR(254) NOT NULL DEFAULT '',
+  fromip VARCHAR(50) NOT NULL DEFAULT '',
+  toip VARCHAR(50) NOT NULL DEFAULT '',
+  fromtag VARCHAR(64) NOT NULL DEFAULT '',
+  direction VARCHAR(4) NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sip_trace_user_idx ON sip_trace (traced_user);
+CREATE INDEX IF NOT EXISTS sip_trace_date_id ON sip_trace (date);
+CREATE INDEX IF NOT EXISTS sip_trace_ip_idx ON sip_trace (fromip);
+CREATE INDEX IF NOT EXISTS sip_trace_call_id ON sip_trace (callid);

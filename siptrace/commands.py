@@ -1,0 +1,140 @@
+"""What the CLI commands do: build sources and sinks, run, print the outcome."""
+
+import time
+from pathlib import Path
+
+import typer
+
+from siptrace.direction import ProxyAddresses
+from siptrace.errors import CaptureFormatError, StorageError
+from siptrace.replay import ReplaySummary, Tracer, replay_files
+
+
+def check_capture_paths(files: list[Path]) -> list[Path]:
+    """Every file must exist and be a regular file: one clear line otherwise."""
+    for path in files:
+        if not path.exists():
+            raise CaptureFormatError(f"{path}: no such file")
+        if path.is_dir():
+            raise CaptureFormatError(f"{path}: is a directory, not a capture file")
+    return files
+
+
+class _WaitingSink:
+    """Replay waits for the database (live capture never does): rows stay bounded.
+
+    A database that makes no progress for ``STALL_SECONDS`` ends the replay with its
+    last error rather than waiting forever.
+    """
+
+    HIGH_WATER = 20_000  # rows queued in the writer before replay waits
+    STALL_SECONDS = 60.0
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def put(self, rows) -> None:
+        writer = self.writer
+        stats = writer.stats
+        if stats["pending"] > self.HIGH_WATER:
+            written, since = stats["rows_written"], time.monotonic()
+            while stats["pending"] > self.HIGH_WATER:
+                time.sleep(0.002)
+                stats = writer.stats
+                if stats["rows_written"] != written:
+                    written, since = stats["rows_written"], time.monotonic()
+                elif time.monotonic() - since > self.STALL_SECONDS:
+                    raise StorageError(f"database stalled: {stats['last_error'] or 'no progress'}")
+        writer.put(rows)
+
+
+def replay_command(files, *, db_url, table, proxy, duplicate_uri, decisions, progress):
+    from siptrace.store import BatchWriter, TraceStore
+
+    paths = check_capture_paths(files)
+    proxies = ProxyAddresses.parse(proxy)
+    mirror = _open_mirror(duplicate_uri)
+    tracer = _tracer(proxies, decisions)
+    store = TraceStore(db_url, table)
+    store.connect()
+    writer = BatchWriter(store)
+    bar = None
+    try:
+        if progress:
+            total = sum(p.stat().st_size for p in paths)
+            bar = typer.progressbar(length=total, label="replaying", file=None)
+            bar.__enter__()
+        summary = replay_files(paths, tracer=tracer, row_sink=_WaitingSink(writer),
+                               mirror=mirror, on_progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        if mirror is not None:
+            mirror.close()
+        writer.close(timeout=None)
+    _print_summary(summary, writer.stats, mirror.stats() if mirror else None)
+
+
+def _tracer(proxies: ProxyAddresses, decisions: Path | None):
+    if decisions is None:
+        return Tracer(proxies)
+    from siptrace.correlate.offline import DecisionReplayTracer
+
+    return DecisionReplayTracer.from_file(decisions, proxies)
+
+
+def _open_mirror(duplicate_uri: str | None):
+    if not duplicate_uri:
+        return None
+    from siptrace.mirror import Mirror
+
+    return Mirror.from_uri(duplicate_uri)
+
+
+def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> None:
+    echo = typer.echo
+    for warning in summary.warnings:
+        echo(f"warning: {warning}", err=True)
+    echo(f"files read:          {summary.files}")
+    echo(f"packets read:        {summary.packets}")
+    echo(f"SIP messages:        {summary.sip_messages}")
+    echo(f"messages traced:     {summary.traced_messages}")
+    echo(f"rows stored:         {store_stats['rows_written']}")
+    echo(f"non-SIP skipped:     {summary.non_sip}")
+    echo(f"malformed:           {summary.malformed}")
+    for sample in summary.malformed_samples:
+        echo(f"  e.g. {sample}")
+    echo(f"incomplete fragments: {summary.fragments_incomplete}")
+    echo(f"incomplete streams:  {summary.streams_incomplete}")
+    lost = store_stats["dropped"] + store_stats["spool_depth"]
+    if lost:
+        echo(f"rows not stored:     {lost} (dropped {store_stats['dropped']}, "
+             f"spooled {store_stats['spool_depth']}); last error: "
+             f"{store_stats['last_error']}", err=True)
+    if mirror_stats:
+        for dest, counts in mirror_stats.items():
+            echo(f"mirror {dest}: sent {counts['sent']}, failed {counts['failed']}, "
+                 f"dropped {counts['dropped']}")
+    echo(f"elapsed:             {summary.elapsed:.2f} s")
+    echo(f"messages/s:          {summary.messages_per_second:,.0f}")
+
+
+def show_command(*, db_url, table, callid, limit, full):
+    from siptrace.store import TraceStore, text_to_msg
+
+    store = TraceStore(db_url, table)
+    store.connect()
+    try:
+        model = store.model
+        query = model.select().order_by(model.date, model.id).limit(limit)
+        if callid:
+            query = query.where(model.callid == callid)
+        for row in query:
+            what = row.method + (f" {row.status}" if row.status else "")
+            typer.echo(f"{row.date} {row.direction or '-':3} {row.fromip} -> {row.toip} "
+                       f"{what} {row.callid}"
+                       + (f" [{row.traced_user}]" if row.traced_user else ""))
+            if full:
+                typer.echo(text_to_msg(row.msg).decode("utf-8", "replace"))
+    finally:
+        store.close()

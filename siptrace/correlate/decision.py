@@ -1,0 +1,169 @@
+"""The proxy's decisions: one JSON object per datagram (docs/decisions.md). No I/O.
+
+``parse_decision(datagram)`` returns a Decision or raises DecodeError with a short
+reason. Field names are fixed so that proxy scripts can be written against them;
+unknown fields are ignored.
+"""
+
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from siptrace.direction import normalize_ip
+from siptrace.errors import DecodeError
+
+MAX_DECISION_BYTES = 65536  # larger datagrams are refused (docs/decisions.md)
+MAX_CSEQ = 2**31 - 1  # RFC 3261 section 8.1.1.5: the sequence number is below 2**31
+REQUEST = "request"
+REPLY = "reply"
+KINDS = (REQUEST, REPLY)
+
+_EMPTY: MappingProxyType = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the proxy decided for one message it received.
+
+    ``branch`` is the top Via branch of the message as the proxy received it;
+    ``status`` is None for requests; ``avps`` maps an AVP id (decimal string) to its
+    values in the order the proxy listed them; ``src_addr`` is the normalized
+    (ip, port) of ``src`` when given.
+    """
+
+    callid: str
+    cseq_num: int
+    cseq_method: str
+    branch: str
+    kind: str
+    status: int | None
+    flags: int
+    trace: bool
+    avps: MappingProxyType = field(default_factory=lambda: _EMPTY)
+    src: str | None = None
+    ts: float | None = None
+    src_addr: tuple[str, int] | None = None
+
+    @property
+    def is_request(self) -> bool:
+        return self.kind == REQUEST
+
+    @property
+    def cseq(self) -> str:
+        return f"{self.cseq_num} {self.cseq_method}"
+
+    def has_flag(self, bit: int) -> bool:
+        return (self.flags >> bit) & 1 == 1
+
+    def avp_values(self, avp_id: int | str) -> tuple[str, ...]:
+        return self.avps.get(str(avp_id), ())
+
+    def to_object(self) -> dict:
+        """The decision as the JSON object of the protocol (unknown fields dropped)."""
+        obj = {"callid": self.callid, "cseq": self.cseq, "branch": self.branch,
+               "kind": self.kind, "flags": self.flags,
+               "avps": {k: list(v) for k, v in self.avps.items()}, "trace": self.trace}
+        if self.status is not None:
+            obj["status"] = self.status
+        if self.src is not None:
+            obj["src"] = self.src
+        if self.ts is not None:
+            obj["ts"] = self.ts
+        return obj
+
+
+def parse_decision(datagram: bytes) -> Decision:
+    """Decode one datagram; DecodeError (short reason) when it is not a decision."""
+    if len(datagram) > MAX_DECISION_BYTES:
+        raise DecodeError("datagram over 64 KB")
+    try:
+        obj = json.loads(datagram)
+    except (ValueError, RecursionError):
+        raise DecodeError("not JSON") from None
+    return decision_from_object(obj)
+
+
+def decision_from_object(obj) -> Decision:
+    """Validate a decoded JSON value; DecodeError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise DecodeError("not a JSON object")
+    callid = _required(obj, "callid", str)
+    if not callid:
+        raise DecodeError("callid: empty")
+    cseq_num, cseq_method = _cseq(_required(obj, "cseq", str))
+    branch = _required(obj, "branch", str)
+    kind = _required(obj, "kind", str)
+    if kind not in KINDS:
+        raise DecodeError("kind: not 'request' or 'reply'")
+    status = None
+    if kind == REPLY:
+        status = _required(obj, "status", int)
+        if not 100 <= status <= 699:
+            raise DecodeError("status: not a SIP status code")
+    flags = _required(obj, "flags", int)
+    avps = _avps(_required(obj, "avps", dict))
+    trace = _required(obj, "trace", bool)
+    src = obj.get("src")
+    src_addr = None
+    if src is not None:
+        if not isinstance(src, str):
+            raise DecodeError("src: not a string")
+        src_addr = _src_addr(src)
+    ts = obj.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+        raise DecodeError("ts: not a number")
+    return Decision(callid, cseq_num, cseq_method, branch, kind, status, flags, trace,
+                    avps, src, ts, src_addr)
+
+
+def _required(obj: dict, name: str, kind: type):
+    try:
+        value = obj[name]
+    except KeyError:
+        raise DecodeError(f"missing field {name}") from None
+    # bool is an int subclass: true is not a flag mask, 1 is not true.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DecodeError(f"{name}: not {_TYPE_NAMES[kind]}")
+    return value
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _cseq(text: str) -> tuple[int, str]:
+    parts = text.split()
+    if len(parts) != 2:
+        raise DecodeError("cseq: not 'NUMBER METHOD'")
+    num, method = parts
+    if not (num.isascii() and num.isdigit()) or len(num) > 10 or int(num) > MAX_CSEQ:
+        raise DecodeError("cseq: bad number")
+    if not method.isascii():
+        raise DecodeError("cseq: bad method")
+    return int(num), method
+
+
+def _avps(raw: dict) -> MappingProxyType:
+    avps = {}
+    for avp_id, values in raw.items():
+        if not isinstance(values, list):
+            raise DecodeError("avps: values must be lists")
+        out = []
+        for value in values:
+            if isinstance(value, str):
+                out.append(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out.append(str(value))  # integer AVPs: their decimal text
+            else:
+                raise DecodeError("avps: values must be strings")
+        avps[avp_id] = tuple(out)
+    return MappingProxyType(avps)
+
+
+def _src_addr(src: str) -> tuple[str, int]:
+    proto, sep, rest = src.partition(":")
+    host, sep2, port_text = rest.rpartition(":")
+    ip = normalize_ip(host) if sep and sep2 else None
+    if ip is None or not (port_text.isascii() and port_text.isdigit()) \
+            or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        raise DecodeError("src: not 'proto:ip:port'")
+    return ip, int(port_text)

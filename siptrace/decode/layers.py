@@ -1,0 +1,167 @@
+"""PacketDecoder: capture records in, UDP datagrams and TCP segments out. No I/O.
+
+The link layer is chosen by link type; every layer after it by a dict lookup on
+the key the previous layer returns (an EtherType, or IP_PROTO + protocol
+number), so encapsulations nest freely: VLAN tags, PPPoE, MPLS, GRE (with IP,
+Ethernet or ERSPAN inside), IP-in-IP in any v4/v6 combination. The innermost IP
+header gives the addresses.
+"""
+
+from collections import Counter
+from struct import Struct
+from struct import error as StructError
+
+from siptrace.decode import ip, link, transport, tunnels
+from siptrace.decode.fragments import FragmentReassembler
+from siptrace.decode.ip import IP_PROTO
+from siptrace.decode.packet import TransportPacket
+from siptrace.errors import DecodeError, TruncatedPacket
+
+# The fast path: EtherType, IPv4 version/IHL, total length, flags/offset, protocol.
+_ETHERNET_IPV4 = Struct("!12xHBxH2xHxB")
+_IPV4_FRAGMENTED = ip.IPV4_MORE_FRAGMENTS | ip.IPV4_OFFSET_MASK
+_UDP_PORTS_LENGTH = Struct("!HHH")
+_TCP_FIELDS = Struct("!HHI4xH")
+
+MAX_LAYERS = 24  # nesting bound: hostile packets cannot loop or recurse
+
+LAYERS = {
+    ip.ETH_IPV4: ip.ipv4,
+    ip.ETH_IPV6: ip.ipv6,
+    link.ETH_VLAN: link.vlan_tag,
+    link.ETH_QINQ: link.vlan_tag,
+    link.ETH_QINQ_OLD: link.vlan_tag,
+    link.ETH_PPPOE_SESSION: link.pppoe_session,
+    link.ETH_PPP: link.ppp,
+    link.ETH_MPLS: link.mpls,
+    link.ETH_MPLS_MULTICAST: link.mpls,
+    link.ETH_BRIDGED: link.bridged_ethernet,
+    IP_PROTO + ip.IPPROTO_IPIP: ip.ipv4,
+    IP_PROTO + ip.IPPROTO_IPV6: ip.ipv6,
+    IP_PROTO + ip.IPPROTO_AH: ip.authentication_header,
+    IP_PROTO + ip.IPPROTO_ESP: ip.encrypted,
+    IP_PROTO + ip.IPPROTO_GRE: tunnels.gre,
+    IP_PROTO + 17: transport.udp,
+    IP_PROTO + 6: transport.tcp,
+}
+
+
+class PacketDecoder:
+    """Decodes capture records to TransportPackets, reassembling IP fragments.
+
+    ``decode`` returns a TransportPacket, or None when the record holds nothing
+    to pass on (non-IP, another IP protocol, a fragment held for reassembly),
+    and raises TruncatedPacket / DecodeError for short or malformed packets.
+
+    ``stats`` counts: packets, udp, tcp, non_ip, other_proto, unknown_linktype,
+    esp, truncated, malformed, ip_length_zero (offload-captured packets),
+    fragments, reassembled, fragments_duplicate, fragments_timed_out,
+    fragments_overflow, fragments_malformed.
+    """
+
+    def __init__(self, fragment_timeout_ns: int = 30_000_000_000,
+                 max_fragment_sets: int = 4096, max_fragment_bytes: int = 16 << 20):
+        self._stats: Counter = Counter()
+        self._fragments = FragmentReassembler(fragment_timeout_ns, max_fragment_sets,
+                                              max_fragment_bytes, self._stats)
+        self._v4_names: dict[bytes, tuple[str, str]] = {}  # see ip.address_pair
+        self._v6_names: dict[bytes, tuple[str, str]] = {}
+        # The per-packet counts are plain ints (cheaper than a Counter update).
+        self._packets = self._udp = self._tcp = 0
+        # Per-packet scratch the layers fill in (see siptrace.decode.ip).
+        self._ts = 0
+        self._family = 0
+        self._src = ""
+        self._dst = ""
+
+    def decode(self, ts_ns: int, linktype: int, data: bytes) -> TransportPacket | None:
+        """One capture record; see the class docstring for the outcomes."""
+        self._packets += 1
+        if self._fragments.sets:
+            self._fragments.expire(ts_ns)
+        if linktype == 1 and len(data) >= 34:  # fast path: Ethernet, IPv4 without options
+            ethertype, vihl, total, frag, proto = _ETHERNET_IPV4.unpack_from(data, 0)
+            if (ethertype == ip.ETH_IPV4 and vihl == 0x45 and not frag & _IPV4_FRAGMENTED
+                    and 14 + total <= len(data)):
+                pkt = self._ethernet_ipv4(ts_ns, data, total, proto)
+                if pkt is not None:
+                    return pkt
+        link_layer = link.LINK_LAYERS.get(linktype)
+        if link_layer is None:
+            self._stats["unknown_linktype"] += 1
+            return None
+        self._ts = ts_ns
+        stats = self._stats
+        try:
+            key, off = link_layer(data)
+            end = len(data)
+            for _ in range(MAX_LAYERS):
+                layer = LAYERS.get(key)
+                if layer is None:
+                    stats["other_proto" if key >= IP_PROTO else "non_ip"] += 1
+                    return None
+                step = layer(self, data, off, end)
+                if step.__class__ is not tuple:
+                    if step is None:
+                        pass
+                    elif step.proto == 17:
+                        self._udp += 1
+                    else:
+                        self._tcp += 1
+                    return step
+                key, data, off, end = step
+            raise DecodeError(f"more than {MAX_LAYERS} nested layers")
+        except (StructError, IndexError):
+            stats["truncated"] += 1
+            raise TruncatedPacket(f"packet of {len(data)} bytes ends inside a header") from None
+        except TruncatedPacket:
+            stats["truncated"] += 1
+            raise
+        except DecodeError:
+            stats["malformed"] += 1
+            raise
+
+    def _ethernet_ipv4(self, ts_ns, data, total, proto) -> TransportPacket | None:
+        """UDP or TCP in plain Ethernet/IPv4, as the layers would decode it; else None."""
+        if proto == 17:
+            if total < 28:
+                return None
+            sport, dport, length = _UDP_PORTS_LENGTH.unpack_from(data, 34)
+            if not 8 <= length <= total - 20:
+                return None
+            raw = data[26:34]
+            src, dst = self._v4_names.get(raw) or ip.address_pair(self._v4_names, raw,
+                                                                   ip.ipv4_text)
+            self._udp += 1
+            return TransportPacket(ts_ns, 17, 4, src, sport, dst, dport, data[42:34 + length])
+        if proto == 6:
+            if total < 40:
+                return None
+            sport, dport, seq, offset_flags = _TCP_FIELDS.unpack_from(data, 34)
+            header_len = (offset_flags >> 12) << 2
+            if not 20 <= header_len <= total - 20:
+                return None
+            raw = data[26:34]
+            src, dst = self._v4_names.get(raw) or ip.address_pair(self._v4_names, raw,
+                                                                   ip.ipv4_text)
+            self._tcp += 1
+            return TransportPacket(ts_ns, 6, 4, src, sport, dst, dport,
+                                   data[34 + header_len:14 + total], seq, offset_flags & 0xFF)
+        return None
+
+    def expire(self, now_ns: int | None = None) -> int:
+        """Time out incomplete fragment sets (all of them when now_ns is None)."""
+        return self._fragments.expire(now_ns)
+
+    @property
+    def stats(self) -> Counter:
+        """All counts, the per-packet ones brought up to date."""
+        stats = self._stats
+        stats["packets"] = self._packets
+        stats["udp"] = self._udp
+        stats["tcp"] = self._tcp
+        return stats
+
+    @property
+    def pending_fragment_sets(self) -> int:
+        return len(self._fragments.sets)

@@ -1,0 +1,138 @@
+"""Capture records in, SIP messages with their wire addresses out. No I/O.
+
+The one place where the decoding layers meet: link/IP/UDP/TCP decoding, the
+content-based SIP check, TCP and WebSocket framing, and SIP parsing.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+from siptrace.decode.layers import PacketDecoder
+from siptrace.decode.packet import TCP, UDP
+from siptrace.errors import DecodeError, SipParseError, TruncatedPacket
+from siptrace.sip.detect import looks_like_sip
+from siptrace.sip.message import SipMessage
+from siptrace.sip.parser import parse_message
+from siptrace.sip.streams import TcpMessageAssembler
+
+
+@dataclass(slots=True)
+class WireMessage:
+    """A SIP message as seen on the wire: capture time, addresses, parsed message."""
+
+    ts_ns: int
+    transport: str  # "udp", "tcp" or "ws"
+    family: int  # 4 or 6
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    sip: SipMessage
+
+    @property
+    def source(self) -> str:
+        """``proto:ip:port`` as the sip_trace table writes it, IPv6 in brackets."""
+        return _endpoint(self.transport, self.family, self.src, self.sport)
+
+    @property
+    def destination(self) -> str:
+        return _endpoint(self.transport, self.family, self.dst, self.dport)
+
+
+def _endpoint(transport: str, family: int, ip: str, port: int) -> str:
+    if family == 6:
+        return f"{transport}:[{ip}]:{port}"
+    return f"{transport}:{ip}:{port}"
+
+
+class SipExtractor:
+    """Feeds capture records through the decoders; returns the SIP messages found.
+
+    ``stats`` counts: packets, sip_messages, non_sip (UDP payloads that are not
+    SIP), malformed_packets, truncated_packets, malformed_sip, plus the decoders'
+    own counters (``packet_stats``, ``stream_stats``). ``malformed_samples`` keeps
+    the last few reasons a SIP message was rejected, for the summary.
+    """
+
+    MALFORMED_SAMPLES = 5
+
+    def __init__(self, decoder: PacketDecoder | None = None,
+                 streams: TcpMessageAssembler | None = None):
+        self.decoder = decoder or PacketDecoder()
+        self.streams = streams or TcpMessageAssembler()
+        self.stats: Counter = Counter()
+        self.malformed_samples: list[str] = []
+
+    @property
+    def packet_stats(self) -> Counter:
+        return self.decoder.stats
+
+    @property
+    def stream_stats(self) -> Counter:
+        return self.streams.stats
+
+    def feed(self, ts_ns: int, linktype: int, data: bytes) -> list[WireMessage]:
+        """Decode one capture record; the SIP messages it completes, in order."""
+        stats = self.stats
+        stats["packets"] += 1
+        try:
+            pkt = self.decoder.decode(ts_ns, linktype, data)
+        except TruncatedPacket:
+            stats["truncated_packets"] += 1
+            return []
+        except DecodeError:
+            stats["malformed_packets"] += 1
+            return []
+        if pkt is None:
+            return []
+        if pkt.proto == UDP:
+            payload = pkt.payload
+            if not looks_like_sip(payload):
+                stats["non_sip"] += 1
+                return []
+            message = self._parse(payload)
+            if message is None:
+                return []
+            stats["sip_messages"] += 1
+            return [WireMessage(pkt.ts_ns, "udp", pkt.family, pkt.src, pkt.sport,
+                                pkt.dst, pkt.dport, message)]
+        if pkt.proto == TCP:
+            streams = self.streams
+            out = self._wire_messages(pkt.src, pkt.sport, pkt.dst, pkt.dport,
+                                      streams.feed(pkt))
+            other = streams.take_other()
+            if other:
+                out += self._other_streams(other)
+            return out
+        return []
+
+    def finish(self) -> list[WireMessage]:
+        """End of input: what the stream framers can still complete."""
+        return self._other_streams(self.streams.finish())
+
+    def _other_streams(self, framed) -> list[WireMessage]:
+        out = []
+        for ts_ns, transport, raw, (src, sport, dst, dport) in framed:
+            out += self._wire_messages(src, sport, dst, dport, [(ts_ns, transport, raw)])
+        return out
+
+    def _wire_messages(self, src, sport, dst, dport, framed) -> list[WireMessage]:
+        out = []
+        family = 6 if ":" in src else 4
+        for ts_ns, transport, raw in framed:
+            message = self._parse(raw)
+            if message is None:
+                continue
+            self.stats["sip_messages"] += 1
+            out.append(WireMessage(ts_ns, transport, family, src, sport, dst, dport, message))
+        return out
+
+    def _parse(self, raw: bytes) -> SipMessage | None:
+        try:
+            return parse_message(raw)
+        except SipParseError as exc:
+            self.stats["malformed_sip"] += 1
+            samples = self.malformed_samples
+            samples.append(str(exc))
+            del samples[:-self.MALFORMED_SAMPLES]
+            return None

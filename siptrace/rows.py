@@ -1,0 +1,51 @@
+"""Wire messages to sip_trace rows, with the original module's column semantics."""
+
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+EPOCH = datetime(1970, 1, 1)
+
+
+class TraceRow(NamedTuple):
+    """One row of the sip_trace table, in the documented column order.
+
+    ``date`` is a naive UTC datetime with microseconds; ``msg`` the exact wire
+    bytes (the store decides how they become text).
+    """
+
+    date: datetime
+    callid: str
+    traced_user: str
+    msg: bytes
+    method: str
+    status: str
+    fromip: str
+    toip: str
+    fromtag: str
+    direction: str
+
+
+COLUMNS = TraceRow._fields
+
+
+def capture_datetime(ts_ns: int) -> datetime:
+    """Capture time as a naive UTC datetime, microseconds kept (rounded down)."""
+    return EPOCH + timedelta(microseconds=ts_ns // 1000)
+
+
+def trace_rows(wire, direction: str, traced_users=()) -> list[TraceRow]:
+    """The rows the module stores for one traced message.
+
+    One row with traced_user '' and one more per traced_user AVP value. For a
+    reply, method is the CSeq method and status the numeric code.
+    """
+    sip = wire.sip
+    if sip.status is None:
+        method, status = sip.method, ""
+    else:
+        method, status = sip.cseq_method, str(sip.status)
+    row = TraceRow(capture_datetime(wire.ts_ns), sip.call_id, "", sip.raw, method,
+                   status, wire.source, wire.destination, sip.from_tag, direction)
+    if not traced_users:
+        return [row]
+    return [row, *(row._replace(traced_user=user) for user in traced_users)]

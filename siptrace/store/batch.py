@@ -1,0 +1,252 @@
+"""BatchWriter: a writer thread fed through a bounded queue; put() never blocks.
+
+Rows are batched by count (max_rows) and time (max_delay) and written in one
+transaction per batch. When the database fails, batches go to the durable Spool and
+the writer reconnects with exponential backoff; while the spool holds anything, new
+batches queue up behind it, so rows reach the table in the order they were spooled.
+A full queue overflows into the spool; a full spool drops rows, counted.
+"""
+
+import random
+import threading
+import time
+from collections import Counter, deque
+
+from siptrace.errors import StorageError
+from siptrace.store.spool import Spool
+from siptrace.store.tracestore import TraceStore
+from siptrace.store.urls import scrub
+
+RETRY_INITIAL = 0.25  # seconds before the first reconnect attempt
+RETRY_MAX = 10.0
+SYNC_INTERVAL = 0.05  # seconds between fsyncs of records put() spooled
+
+
+class BatchWriter:
+    """Sink for TraceRow lists; ``stats`` says what happened to every row."""
+
+    def __init__(self, store: TraceStore, max_rows: int = 1000, max_delay: float = 0.2,
+                 queue_rows: int = 100_000, spool: Spool | str | None = None,
+                 spool_max_bytes: int | None = None, retry_max: float = RETRY_MAX):
+        self.store = store
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self.queue_rows = queue_rows
+        if isinstance(spool, Spool) or spool is None:
+            self.spool = spool
+        else:
+            kwargs = {} if spool_max_bytes is None else {"max_bytes": spool_max_bytes}
+            self.spool = Spool(spool, **kwargs)
+        self.retry_max = retry_max
+        self.counts = Counter()
+        self.last_error = ""
+        self._queue: deque = deque()
+        self._queued = 0
+        self._held: list | None = None  # a failed batch kept in memory when there is no spool
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        self._down_until = 0.0
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="siptrace-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side --------------------------------------------------------------
+    def put(self, rows) -> None:
+        """Hand rows over; never blocks on the database."""
+        n = len(rows)
+        if not n:
+            return
+        with self._cond:
+            if self._queued + n <= self.queue_rows and not self._stopping:
+                self._queue.append(rows)
+                self._queued += n
+                if self._queued >= self.max_rows:
+                    self._cond.notify()
+                return
+        self.counts["overflow"] += n
+        self._spool_or_drop(rows)
+
+    def _spool_or_drop(self, rows, marker=None) -> None:
+        if self.spool is not None and self.spool.append(rows, marker):
+            self.counts["spooled"] += len(rows)
+        else:
+            self.counts["dropped"] += len(rows)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row put so far is written or spooled; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify()
+            while self._queue or self._busy or self._held:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.05 if left is None else min(left, 0.05))
+                self._cond.notify()
+        return True
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write or spool everything, drain the spool while the database answers, stop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self.spool is not None:
+            self.spool.close()
+        self.store.close()
+
+    @property
+    def stats(self) -> dict:
+        spool = self.spool
+        return {
+            "rows_written": self.counts["written"],
+            "batches": self.counts["batches"],
+            "pending": self._queued + (len(self._held) if self._held else 0),
+            "spooled": self.counts["spooled"],
+            "spool_depth": spool.rows if spool else 0,
+            "spool_bytes": spool.bytes if spool else 0,
+            "dropped": self.counts["dropped"],
+            "overflow": self.counts["overflow"],
+            "errors": self.counts["errors"],
+            "last_error": self.last_error,
+            **{k: v for k, v in self.store.stats.items() if k.startswith("truncated_")},
+        }
+
+    # -- writer thread --------------------------------------------------------------
+    def _take(self) -> list:
+        """Up to max_rows rows, waiting at most max_delay for a batch to fill."""
+        with self._cond:
+            deadline = time.monotonic() + self.max_delay
+            while self._queued < self.max_rows and not self._stopping:
+                if self.spool is not None and self.spool.records and self._is_up():
+                    break  # spool to drain: do not sit waiting for rows
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = []
+            while self._queue and len(batch) < self.max_rows:
+                rows = self._queue.popleft()
+                room = self.max_rows - len(batch)
+                if len(rows) > room:
+                    self._queue.appendleft(rows[room:])
+                    rows = rows[:room]
+                batch.extend(rows)
+                self._queued -= len(rows)
+            self._busy = bool(batch)
+            return batch
+
+    def _run(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            batch = self._take()
+            try:
+                if self._held:
+                    self._retry_held()
+                if batch:
+                    self._handle(batch)
+                self._drain()
+            except Exception as exc:  # a bug must not kill capture: count, keep going
+                self._failed(exc)
+                if batch:
+                    self._spool_or_drop(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if self.spool is not None and time.monotonic() - last_sync >= SYNC_INTERVAL:
+                self.spool.sync()
+                last_sync = time.monotonic()
+            with self._cond:
+                if self._stopping and not self._queue:
+                    break
+        self._final_drain()
+
+    def _final_drain(self) -> None:
+        if self._held:
+            self._retry_held()
+        if self.spool is not None:
+            self._down_until = 0.0  # one honest try at close
+            self._drain()
+            self.spool.sync()
+        if self._held:  # no spool and the database is still down: these are lost
+            self.counts["dropped"] += len(self._held)
+            self._held = None
+
+    def _is_up(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _handle(self, batch: list) -> None:
+        if self.spool is not None and (self.spool.records or not self._is_up()):
+            self._spool_or_drop(batch)
+            return
+        if self.spool is None and not self._is_up():
+            self._held = batch
+            self._wait_until_up()
+            self._retry_held()
+            return
+        try:
+            self.store.insert(batch)
+        except StorageError as exc:
+            self._failed(exc)
+            marker = exc.marker if getattr(exc, "in_doubt", False) else None
+            if self.spool is not None:
+                self._spool_or_drop(batch, marker)
+            else:
+                self._held = batch
+            return
+        self._succeeded(len(batch))
+
+    def _retry_held(self) -> None:
+        batch, self._held = self._held, None
+        try:
+            self.store.insert(batch)
+        except StorageError as exc:
+            self._failed(exc)
+            self._held = batch
+            if not self._stopping:
+                self._wait_until_up()
+            return
+        self._succeeded(len(batch))
+
+    def _wait_until_up(self) -> None:
+        with self._cond:
+            while not self._is_up() and not self._stopping:
+                self._cond.wait(self._down_until - time.monotonic())
+
+    def _drain(self) -> None:
+        """Send spooled batches, oldest first, while the database takes them."""
+        spool = self.spool
+        if spool is None:
+            return
+        while spool.records and self._is_up():
+            record = spool.peek()
+            if record is None:
+                return
+            try:
+                if any(self.store.landed(m) for m in record.markers):
+                    self.counts["already_stored"] += len(record.rows)
+                    spool.ack()
+                    continue
+                self.store.insert(record.rows, before_commit=spool.set_inflight)
+            except StorageError as exc:
+                self._failed(exc)
+                return
+            spool.ack()
+            self._succeeded(len(record.rows))
+            with self._cond:
+                if self._queued >= self.max_rows or (self._stopping and self._queue):
+                    return  # move queued rows behind the spool before they pile up
+
+    def _succeeded(self, n: int) -> None:
+        self.counts["written"] += n
+        self.counts["batches"] += 1
+        self._failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self.counts["errors"] += 1
+        self.last_error = scrub(str(exc), self.store.url.password)
+        delay = min(self.retry_max, RETRY_INITIAL * (2 ** self._failures))
+        self._failures = min(self._failures + 1, 16)
+        self._down_until = time.monotonic() + delay * random.uniform(0.8, 1.2)

@@ -1,0 +1,82 @@
+"""The sip_trace table as a peewee model, per dialect (schema.sql is the DBA's copy).
+
+Deviations from the documentation's MySQL definition, the same as in schema.sql:
+``date`` is DATETIME(6) (microseconds) with no zero-date default (strict SQL modes
+reject '0000-00-00'), ``msg`` is MEDIUMTEXT (TEXT stops at 64 KB), utf8mb4. On
+PostgreSQL and SQLite index names are per schema, not per table, so they carry the
+table name as a prefix (``sip_trace_user_idx``).
+"""
+
+import peewee
+
+from siptrace.rows import COLUMNS
+
+# Column widths of the documented table (seed doc, section 1.5).
+VARCHAR_WIDTHS = {
+    "callid": 254, "traced_user": 128, "method": 50, "status": 254,
+    "fromip": 50, "toip": 50, "fromtag": 64, "direction": 4,
+}
+# index name (documented) -> column
+INDEXES = {"user_idx": "traced_user", "date_id": "date", "ip_idx": "fromip", "call_id": "callid"}
+DATE_TYPES = {"mysql": "DATETIME(6)", "postgresql": "TIMESTAMP", "sqlite": "DATETIME"}
+MSG_TYPES = {"mysql": "MEDIUMTEXT", "postgresql": "TEXT", "sqlite": "TEXT"}
+MAX_TABLE_NAME = 54  # 63 (PostgreSQL identifier limit) less room for "_YYYYMMDD" suffixes
+
+
+def dialect_of(db: peewee.Database) -> str:
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return "postgresql"
+    if isinstance(db, peewee.MySQLDatabase):
+        return "mysql"
+    return "sqlite"
+
+
+def index_name(dialect: str, table: str, name: str) -> str:
+    """MySQL keeps the documented names; elsewhere they are prefixed with the table."""
+    return name if dialect == "mysql" else f"{table}_{name}"
+
+
+def check_table_name(table: str) -> str:
+    from siptrace.errors import ConfigError
+    if not table or len(table) > MAX_TABLE_NAME or "\x00" in table or "`" in table or '"' in table:
+        raise ConfigError(f"table {table!r}: 1 to {MAX_TABLE_NAME} characters, no quotes or NUL")
+    return table
+
+
+class _TypedField(peewee.Field):
+    """A NOT NULL column whose SQL type is given per dialect."""
+
+    def __init__(self, sql_type: str, default_empty: bool = True, **kwargs):
+        self.field_type = sql_type
+        constraints = [peewee.SQL("DEFAULT ''")] if default_empty else []
+        super().__init__(null=False, constraints=constraints, **kwargs)
+
+
+def trace_model(db: peewee.Database, table_name: str = "sip_trace") -> type[peewee.Model]:
+    """A peewee model of the documented table for ``db``'s dialect."""
+    check_table_name(table_name)
+    dialect = dialect_of(db)
+    attrs = {"id": peewee.BigAutoField()}
+    for column in COLUMNS:
+        if column == "date":
+            attrs[column] = _TypedField(DATE_TYPES[dialect], default_empty=False)
+        elif column == "msg":
+            attrs[column] = _TypedField(MSG_TYPES[dialect], default_empty=False)
+        else:
+            attrs[column] = _TypedField(f"VARCHAR({VARCHAR_WIDTHS[column]})")
+    settings = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4"] if dialect == "mysql" else []
+    meta = type("Meta", (), {"database": db, "table_name": table_name, "table_settings": settings,
+                             "legacy_table_names": False})
+    attrs["Meta"] = meta
+    attrs["__module__"] = __name__
+    model = type(f"TraceModel_{table_name}", (peewee.Model,), attrs)
+    for name, column in INDEXES.items():
+        model.add_index(peewee.ModelIndex(model, (getattr(model, column),),
+                                          name=index_name(dialect, table_name, name)))
+    return model
+
+
+def create_table(model: type[peewee.Model]) -> None:
+    """Create the table and its indexes when missing (IF NOT EXISTS)."""
+    db = model._meta.database
+    db.create_tables([model], safe=True)

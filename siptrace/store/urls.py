@@ -1,0 +1,135 @@
+"""Database URLs (the module's db_url), opened as peewee databases; secrets redacted.
+
+Accepted forms::
+
+    sqlite:///relative/path.db      sqlite:////absolute/path.db
+    mysql://user:pass@host[:port]/db
+    postgres://user:pass@host[:port]/db   (postgresql:// too)
+
+Special characters in the user or password are percent-encoded (RFC 3986 section 3.2.1).
+Query parameters (``?connect_timeout=3``) are passed to the driver.
+"""
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+
+from siptrace.errors import ConfigError, StorageError
+
+REDACTED = "***"
+SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
+DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
+CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
+
+# user:password@ inside any URL-like text (RFC 3986 authority), and key=value DSN passwords.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(@)", re.IGNORECASE)
+_DSN_PASSWORD = re.compile(r"(\bpassw(?:or)?d\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DbUrl:
+    """A parsed db_url. ``repr`` never shows the password."""
+
+    dialect: str  # "sqlite" | "mysql" | "postgresql"
+    database: str  # file path for SQLite, database name otherwise
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    host: str | None = None
+    port: int | None = None
+    options: tuple = ()  # (key, value) pairs from the query string
+    text: str = field(default="", repr=False)
+
+    @property
+    def redacted(self) -> str:
+        return redact_url(self.text)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (also for unparseable URLs)."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(2), url)
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """Remove passwords from a message: known secrets, URL passwords, DSN password=..."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+    return _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def parse_db_url(url: str) -> DbUrl:
+    """Parse a db_url; raises ConfigError naming the (redacted) URL."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        dialect = SCHEMES.get(scheme)
+        if dialect is None:
+            raise ValueError(f"unknown scheme {scheme!r} (use sqlite, mysql, postgres or postgresql)")
+        options = tuple(parse_qsl(parts.query, keep_blank_values=True))
+        if dialect == "sqlite":
+            if parts.netloc:
+                raise ValueError("a SQLite URL has no host: sqlite:///relative or sqlite:////absolute")
+            path = parts.path[1:]
+            if not path:
+                raise ValueError("missing database file path")
+            return DbUrl("sqlite", unquote(path), options=options, text=url)
+        name = unquote(parts.path.lstrip("/"))
+        if not name or "/" in name:
+            raise ValueError("missing database name after the host")
+        if not parts.hostname:
+            raise ValueError("missing host")
+        port = parts.port or DEFAULT_PORTS[dialect]
+        return DbUrl(
+            dialect, name,
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            host=parts.hostname, port=port, options=options, text=url)
+    except ValueError as exc:
+        raise ConfigError(f"db_url {redact_url(url)}: {scrub(str(exc))}") from None
+
+
+def _options(db_url: DbUrl) -> dict:
+    opts = {}
+    for key, value in db_url.options:
+        opts[key] = int(value) if value.isdigit() else value
+    return opts
+
+
+def open_database(db_url: DbUrl) -> peewee.Database:
+    """A peewee Database for the URL, not yet connected (autoconnect off).
+
+    Drivers: psycopg 3 for PostgreSQL (COPY through its C extension), PyMySQL for
+    MySQL/MariaDB; see docs/storage.md for the measurements behind the choice.
+    """
+    opts = _options(db_url)
+    if db_url.dialect == "sqlite":
+        return peewee.SqliteDatabase(db_url.database, autoconnect=False, thread_safe=False, check_same_thread=False,
+                                     timeout=opts.pop("timeout", 30), **opts)
+    creds = {"user": db_url.user, "host": db_url.host, "port": db_url.port}
+    if db_url.dialect == "postgresql":
+        if db_url.password is not None:
+            creds["password"] = db_url.password
+        opts.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        return peewee.PostgresqlDatabase(db_url.database, autoconnect=False, thread_safe=False, prefer_psycopg3=True,
+                                         **creds, **opts)
+    if db_url.password is not None:
+        creds["password"] = db_url.password
+    opts.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    opts.setdefault("read_timeout", 60)
+    opts.setdefault("write_timeout", 60)
+    return peewee.MySQLDatabase(db_url.database, autoconnect=False, thread_safe=False, charset="utf8mb4", **creds, **opts)
+
+
+def storage_error(db_url: DbUrl, action: str, exc: BaseException) -> StorageError:
+    """Wrap a driver error once: redacted URL, scrubbed message.
+
+    The driver's exception is kept as ``.original`` but not chained (raise ... from
+    None), so a traceback cannot print an unscrubbed DSN.
+    """
+    detail = scrub(" ".join(str(exc).split()), db_url.password) or type(exc).__name__
+    err = StorageError(f"{db_url.redacted}: {action}: {detail}")
+    err.original = exc
+    return err

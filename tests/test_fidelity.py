@@ -1,0 +1,244 @@
+"""Fidelity: the SIP messages siptrace decodes from a capture are the ones Wireshark finds.
+
+For every capture in pcaps/ and in the third-party folder ../shared/real-pcaps/, the
+messages from ``open_capture`` + ``SipExtractor`` equal those of Wireshark's dissector
+(tests/oracle.py): same count, and per message the same transport, source and destination
+address and port, Call-ID, CSeq, method or status and From tag. SIP quoted inside ICMP
+errors is left out on Wireshark's side (it never was SIP on the wire). The oracle's own
+set-up is checked against the counts the real-pcaps README lists.
+"""
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from conftest import PCAPS, REAL_PCAPS, missing, require_tool
+from oracle import OracleMessage, TSharkCrashException, wireshark_sip_census
+from siptrace.capture.files import open_capture
+from siptrace.errors import CaptureFormatError, TruncatedCapture
+from siptrace.extract import SipExtractor, WireMessage
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+ORACLE_THREADS = 3  # tshark runs in parallel; PDML parsing holds the GIL
+README_COUNT_COLUMN = "sip msgs"
+MAX_REPORTED = 30  # differences listed per capture
+
+
+def project_captures() -> list[Path]:
+    if not PCAPS.is_dir():
+        return []
+    return sorted(p for p in PCAPS.iterdir() if p.suffix in CAPTURE_SUFFIXES)
+
+
+def third_party_captures() -> list[Path]:
+    if not REAL_PCAPS.is_dir():
+        return []
+    return sorted(p for p in REAL_PCAPS.iterdir() if p.suffix in CAPTURE_SUFFIXES)
+
+
+def capture_params() -> list:
+    params = [pytest.param(p, id=f"pcaps/{p.name}") for p in project_captures()]
+    params += [pytest.param(p, id=f"real-pcaps/{p.name}") for p in third_party_captures()]
+    if not REAL_PCAPS.is_dir():
+        params.append(pytest.param(None, id="real-pcaps-absent"))
+    return params
+
+
+class Compared(NamedTuple):
+    """The fields compared for one SIP message."""
+
+    transport: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    call_id: str
+    cseq_num: int | None
+    cseq_method: str
+    method: str | None
+    status: int | None
+    from_tag: str
+
+
+PAIRING_FIELDS = ("src", "sport", "dst", "dport", "call_id", "cseq_num", "cseq_method",
+                  "method", "status")
+
+
+class Seen(NamedTuple):
+    """A compared message and where it was found: frame number (None: at end of file)."""
+
+    frame: int | None
+    ts_ns: int | None
+    fields: Compared
+
+
+def ours_compared(wire: WireMessage, frame: int | None) -> Seen:
+    sip = wire.sip
+    return Seen(frame, wire.ts_ns, Compared(
+        wire.transport, wire.src, wire.sport, wire.dst, wire.dport, sip.call_id,
+        sip.cseq_num, sip.cseq_method, sip.method, sip.status, sip.from_tag))
+
+
+def oracle_compared(msg: OracleMessage) -> Seen:
+    return Seen(msg.frame, msg.ts_ns, Compared(
+        msg.transport, msg.src, msg.sport, msg.dst, msg.dport, msg.call_id,
+        msg.cseq_num, msg.cseq_method, msg.method, msg.status, msg.from_tag))
+
+
+def siptrace_messages(path: Path) -> list[Seen]:
+    """What siptrace stores from ``path``: every record fed, then finish()."""
+    extractor = SipExtractor()
+    seen = []
+    frame = 0
+    try:
+        for frame, (ts_ns, linktype, data) in enumerate(open_capture(path), 1):
+            seen += [ours_compared(w, frame) for w in extractor.feed(ts_ns, linktype, data)]
+    except TruncatedCapture:
+        pass  # what came before is kept; tshark too reads up to the cut
+    seen += [ours_compared(w, None) for w in extractor.finish()]
+    return seen
+
+
+def describe(seen: Seen) -> str:
+    f = seen.fields
+    what = f.method if f.status is None else str(f.status)
+    where = f"frame {seen.frame}" if seen.frame is not None else "end of file"
+    return (f"[{where}] {f.transport} {f.src}:{f.sport} -> {f.dst}:{f.dport} {what} "
+            f"CSeq {f.cseq_num} {f.cseq_method} Call-ID {f.call_id!r} from-tag {f.from_tag!r}")
+
+
+def field_differences(ours: Compared, theirs: Compared) -> str:
+    return ", ".join(f"{name}: siptrace {a!r} vs Wireshark {b!r}"
+                     for name, a, b in zip(Compared._fields, ours, theirs) if a != b)
+
+
+def difference_report(ours: list[Seen], theirs: list[Seen]) -> list[str]:
+    """Readable differences: messages paired by addresses, Call-ID, CSeq and method/status
+    (a multiset, so retransmissions pair one for one), then per-field differences; what
+    stays unpaired is shown with the nearest message of the other side (same frame first)."""
+    def pairing_key(seen: Seen):
+        return tuple(getattr(seen.fields, name) for name in PAIRING_FIELDS)
+
+    lines = []
+    waiting: dict[tuple, list[Seen]] = {}
+    for seen in theirs:
+        waiting.setdefault(pairing_key(seen), []).append(seen)
+    unpaired_ours = []
+    for seen in ours:
+        candidates = waiting.get(pairing_key(seen))
+        if not candidates:
+            unpaired_ours.append(seen)
+            continue
+        match = next((c for c in candidates if c.fields == seen.fields), candidates[0])
+        candidates.remove(match)
+        if match.fields != seen.fields:
+            lines.append(f"Wireshark {describe(match)}\n    differs: "
+                         + field_differences(seen.fields, match.fields))
+    unpaired_theirs = [seen for group in waiting.values() for seen in group]
+
+    def nearest(seen: Seen, others: list[Seen]) -> Seen | None:
+        if not others:
+            return None
+        return min(others, key=lambda o: (o.frame != seen.frame,
+                                          abs((o.ts_ns or 0) - (seen.ts_ns or 0))))
+
+    for seen in sorted(unpaired_theirs, key=lambda s: s.frame):
+        line = f"Wireshark {describe(seen)}\n    not found by siptrace"
+        other = nearest(seen, unpaired_ours)
+        if other is not None:
+            line += f"; nearest unpaired siptrace message differs: " \
+                    f"{field_differences(other.fields, seen.fields)}"
+        lines.append(line)
+    for seen in sorted(unpaired_ours, key=lambda s: (s.frame is None, s.frame or 0)):
+        lines.append(f"siptrace {describe(seen)}\n    not found by Wireshark")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def oracle_runs():
+    """Starts tshark on every capture at once (a few in parallel); path -> future."""
+    require_tool("tshark")
+    paths = project_captures() + third_party_captures()
+    with ThreadPoolExecutor(ORACLE_THREADS, thread_name_prefix="tshark") as pool:
+        yield {path: pool.submit(wireshark_sip_census, path) for path in paths}
+
+
+def readme_counts() -> dict[str, int]:
+    """file -> SIP messages, from the table in real-pcaps/README.md."""
+    counts, column = {}, None
+    for line in (REAL_PCAPS / "README.md").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if column is None:
+            lowered = [cell.lower() for cell in cells]
+            if README_COUNT_COLUMN in lowered:
+                column = lowered.index(README_COUNT_COLUMN)
+            continue
+        if cells[column].isdigit():
+            counts[cells[0]] = int(cells[column])
+    return counts
+
+
+@pytest.mark.parametrize("path", capture_params())
+def test_messages_equal_wiresharks(path, oracle_runs):
+    if path is None:
+        missing(f"{REAL_PCAPS} is absent: the third-party captures are not beside the checkout")
+    try:
+        ours = siptrace_messages(path)
+    except CaptureFormatError as exc:
+        # Not a capture at all: Wireshark must refuse it too.
+        with pytest.raises(TSharkCrashException):
+            oracle_runs[path].result()
+        pytest.skip(f"not a capture, refused by both siptrace and tshark: {exc}")
+    census = oracle_runs[path].result()
+    theirs = [oracle_compared(m) for m in census.messages]
+    if Counter(s.fields for s in ours) == Counter(s.fields for s in theirs):
+        return
+    report = difference_report(ours, theirs)
+    shown = "\n".join(report[:MAX_REPORTED])
+    more = f"\n... and {len(report) - MAX_REPORTED} more" if len(report) > MAX_REPORTED else ""
+    pytest.fail(f"{path.name}: siptrace found {len(ours)} SIP messages, Wireshark "
+                f"{len(theirs)} (+{census.icmp_quoted} quoted in ICMP errors, left out)\n"
+                f"{shown}{more}", pytrace=False)
+
+
+def test_project_has_fixture_captures():
+    assert project_captures(), f"no *.pcap / *.pcapng in {PCAPS}"
+
+
+def test_readme_lists_every_third_party_capture(real_pcaps_dir):
+    listed = set(readme_counts())
+    present = {p.name for p in third_party_captures()}
+    assert listed == present, (f"in README only: {sorted(listed - present)}; "
+                               f"in the folder only: {sorted(present - listed)}")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in third_party_captures()])
+def test_oracle_setup_reaches_readme_counts(path, oracle_runs):
+    """Checks the oracle itself: Wireshark, set up as tests/oracle.py does, finds the
+    README's count (which includes SIP quoted in ICMP errors)."""
+    census = oracle_runs[path].result()
+    assert census.dissected == readme_counts()[path.name], (
+        f"{path.name}: tshark set up as tests/oracle.py finds {len(census.messages)} SIP "
+        f"messages + {census.icmp_quoted} quoted in ICMP; the README says "
+        f"{readme_counts()[path.name]}")
+    assert not census.without_start_line, f"SIP layers with no start line in frames " \
+                                          f"{census.without_start_line}"
+
+
+def test_difference_report_names_the_field_and_the_missing_message():
+    """The comparison itself: a wrong field and a missing message are both reported."""
+    invite = Compared("udp", "10.0.0.1", 5060, "10.0.0.2", 5060, "abc@h", 1, "INVITE",
+                      "INVITE", None, "t1")
+    ringing = invite._replace(src="10.0.0.2", dst="10.0.0.1", method=None, status=180)
+    theirs = [Seen(1, 10, invite), Seen(2, 20, ringing), Seen(3, 30, invite)]
+    ours = [Seen(1, 10, invite._replace(from_tag="t2")), Seen(2, 20, ringing)]
+    report = difference_report(ours, theirs)
+    assert len(report) == 2, report
+    assert "from_tag: siptrace 't2' vs Wireshark 't1'" in report[0]
+    assert report[1].startswith("Wireshark [frame 3]") and "not found by siptrace" in report[1]
+    assert difference_report(theirs, theirs) == []

@@ -1,0 +1,215 @@
+"""Helpers for the mirror tests: wire messages from real captures, UDP listeners, sngrep.
+
+Collected by pytest but holds no tests; the test_mirror_* modules import it.
+"""
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import REAL_PCAPS, missing, require_tool
+from siptrace.sip.message import SipMessage
+
+CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+SIP_START = re.compile(rb"^(?:[A-Z]+ [^ ]+ SIP/2\.0|SIP/2\.0 \d{3} )")
+
+
+@dataclass(slots=True)
+class Wire:
+    """Stand-in with the fields of extract.WireMessage (until the extractor lands)."""
+
+    ts_ns: int
+    transport: str
+    family: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    sip: SipMessage
+
+
+def sip_message(raw: bytes) -> SipMessage:
+    """A SipMessage holding the raw bytes and Call-ID (the fields mirroring reads)."""
+    match = CALL_ID.search(raw.split(b"\r\n\r\n", 1)[0])
+    call_id = match.group(1).strip().decode("utf-8", "surrogateescape") if match else ""
+    return SipMessage(raw=raw, method=None, request_uri=None, status=None, reason=None,
+                      call_id=call_id, cseq_num=0, cseq_method="", from_tag="", to_tag="")
+
+
+def wire(raw: bytes, *, ts_ns=1_700_000_000_123_456_789, transport="udp", family=4,
+         src="192.0.2.1", sport=5060, dst="192.0.2.2", dport=5060) -> Wire:
+    return Wire(ts_ns, transport, family, src, sport, dst, dport, sip_message(raw))
+
+
+def sample_sip(n: int, call_id: str = "mirror-test") -> bytes:
+    return (f"OPTIONS sip:probe@example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-{n}\r\n"
+            f"From: <sip:tester@example.com>;tag=t{n}\r\n"
+            f"To: <sip:probe@example.com>\r\n"
+            f"Call-ID: {call_id}-{n}\r\n"
+            f"CSeq: {n} OPTIONS\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+def real_wires(name: str) -> list[Wire]:
+    """The SIP messages of one capture in /work/shared/real-pcaps, one per UDP
+    datagram or TCP segment (the captures used here carry whole messages)."""
+    path = REAL_PCAPS / name
+    if not path.is_file():
+        missing(f"{path} is absent")
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.utils import PcapReader
+
+    wires = []
+    with PcapReader(str(path)) as reader:
+        for packet in reader:
+            ip = packet.getlayer(IP) or packet.getlayer(IPv6)
+            transport = packet.getlayer(UDP) or packet.getlayer(TCP)
+            if ip is None or transport is None:
+                continue
+            payload = bytes(transport.payload)
+            if not SIP_START.match(payload):
+                continue
+            ts_ns = int(packet.time * 1_000_000) * 1000
+            wires.append(Wire(ts_ns, "udp" if isinstance(transport, UDP) else "tcp",
+                              4 if isinstance(ip, IP) else 6, ip.src, transport.sport,
+                              ip.dst, transport.dport, sip_message(payload)))
+    return wires
+
+
+class UdpListener:
+    """A UDP socket on loopback that collects datagrams."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(5.0)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def label(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def receive(self, count: int) -> list[bytes]:
+        """Exactly ``count`` datagrams (socket.timeout if they do not come)."""
+        return [self.sock.recv(70_000) for _ in range(count)]
+
+    def assert_nothing_more(self) -> None:
+        self.sock.settimeout(0.2)
+        try:
+            extra = self.sock.recv(70_000)
+        except socket.timeout:
+            return
+        raise AssertionError(f"unexpected extra datagram: {extra[:80]!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A port with nothing listening on it (bound, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket is bound to this UDP port (the kernel's socket tables)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as lines:
+            next(lines)
+            if any(line.split()[1].endswith(suffix) for line in lines):
+                return True
+    return False
+
+
+def pcap_record_count(path: Path) -> int:
+    """Complete records in a classic pcap file (0 while it has no header yet)."""
+    data = path.read_bytes() if path.exists() else b""
+    if len(data) < 24:
+        return 0
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    count, pos = 0, 24
+    while pos + 16 <= len(data):
+        (caplen,) = struct.unpack_from(order + "I", data, pos + 8)
+        if pos + 16 + caplen > len(data):
+            break
+        count, pos = count + 1, pos + 16 + caplen
+    return count
+
+
+class SngrepHep:
+    """sngrep listening for HEP on loopback, writing what it decodes to a pcap."""
+
+    def __init__(self, workdir: Path, password: str | None = None):
+        require_tool("sngrep")
+        self.port = free_udp_port()
+        self.pcap = workdir / f"sngrep-{self.port}.pcap"
+        argv = ["sngrep", "-N", "-q", "-L", f"udp:127.0.0.1:{self.port}", "-O", str(self.pcap)]
+        if password is None:
+            argv[1:1] = ["-F"]  # no user config file
+        else:
+            config = workdir / f"sngrep-{self.port}.conf"
+            config.write_text(f"set eep.listen.pass {password}\n")
+            argv[1:1] = ["-f", str(config)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not udp_port_bound(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"sngrep did not bind udp:{self.port}: "
+                                     f"{self.proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.02)
+
+    def wait_for(self, frames: int, timeout: float = 10.0) -> None:
+        """Until sngrep has written ``frames`` records (it flushes each one)."""
+        deadline = time.monotonic() + timeout
+        while pcap_record_count(self.pcap) < frames and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> Path:
+        """SIGTERM (sngrep flushes its pcap) and wait; returns the pcap path."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc.stderr.close()
+        return self.pcap
+
+
+TSHARK_FIELDS = ["frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
+                 "udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport", "sip.Call-ID"]
+
+
+def tshark_frames(pcap: Path) -> list[dict]:
+    """Per frame: the TSHARK_FIELDS plus ``payload`` (the UDP/TCP payload bytes)."""
+    require_tool("tshark")
+    argv = ["tshark", "-n", "-r", str(pcap), "--disable-protocol", "sdp",
+            "-o", "sip.desegment_body:FALSE", "-T", "fields", "-E", "occurrence=f"]
+    for field in TSHARK_FIELDS + ["udp.payload", "tcp.payload"]:
+        argv += ["-e", field]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    frames = []
+    for line in out.splitlines():
+        values = line.split("\t")
+        frame = dict(zip(TSHARK_FIELDS, values))
+        payload_hex = values[len(TSHARK_FIELDS)] or values[len(TSHARK_FIELDS) + 1]
+        frame["payload"] = bytes.fromhex(payload_hex.replace(":", ""))
+        frames.append(frame)
+    return frames
