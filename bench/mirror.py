@@ -86,10 +86,15 @@ def bench_mirror(messages: list) -> dict:
     messages = list(islice(cycle(messages), max(MIN_MESSAGES, len(messages))))
     results = {}
 
+    too_large = 0
     started = time.perf_counter()
     for message in messages:
-        encode_hep3(message)
+        try:
+            encode_hep3(message)
+        except ValueError:  # past HEP's 64 KB: failed in the runs below too
+            too_large += 1
     results["hep_encode_msgs_per_s"] = round(len(messages) / (time.perf_counter() - started))
+    results["hep_too_large"] = too_large
 
     listener = subprocess.Popen([sys.executable, "-c", LISTENER],
                                 stdout=subprocess.PIPE, text=True)

@@ -1,12 +1,11 @@
 """What the CLI commands do: build sources and sinks, run, print the outcome."""
 
-import time
 from pathlib import Path
 
 import typer
 
 from siptrace.direction import ProxyAddresses
-from siptrace.errors import CaptureFormatError, StorageError
+from siptrace.errors import CaptureFormatError
 from siptrace.replay import ReplaySummary, Tracer, replay_files
 
 
@@ -20,51 +19,21 @@ def check_capture_paths(files: list[Path]) -> list[Path]:
     return files
 
 
-class _WaitingSink:
-    """Replay waits for the database (live capture never does): rows stay bounded.
-
-    A database that makes no progress for ``STALL_SECONDS`` ends the replay with its
-    last error rather than waiting forever.
-    """
-
-    HIGH_WATER = 20_000  # rows queued in the writer before replay waits
-    STALL_SECONDS = 60.0
-
-    def __init__(self, writer):
-        self.writer = writer
-
-    def put(self, rows) -> None:
-        writer = self.writer
-        stats = writer.stats
-        if stats["pending"] > self.HIGH_WATER:
-            written, since = stats["rows_written"], time.monotonic()
-            while stats["pending"] > self.HIGH_WATER:
-                time.sleep(0.002)
-                stats = writer.stats
-                if stats["rows_written"] != written:
-                    written, since = stats["rows_written"], time.monotonic()
-                elif time.monotonic() - since > self.STALL_SECONDS:
-                    raise StorageError(f"database stalled: {stats['last_error'] or 'no progress'}")
-        writer.put(rows)
-
-
 def replay_command(files, *, db_url, table, proxy, duplicate_uri, decisions, progress):
-    from siptrace.store import BatchWriter, TraceStore
+    from siptrace.store.process import ProcessWriter
 
     paths = check_capture_paths(files)
     proxies = ProxyAddresses.parse(proxy)
-    mirror = _open_mirror(duplicate_uri)
     tracer = _tracer(proxies, decisions)
-    store = TraceStore(db_url, table)
-    store.connect()
-    writer = BatchWriter(store)
+    mirror = _open_mirror(duplicate_uri)
+    writer = ProcessWriter(db_url, table)
     bar = None
     try:
         if progress:
             total = sum(p.stat().st_size for p in paths)
             bar = typer.progressbar(length=total, label="replaying", file=None)
             bar.__enter__()
-        summary = replay_files(paths, tracer=tracer, row_sink=_WaitingSink(writer),
+        summary = replay_files(paths, tracer=tracer, row_sink=writer,
                                mirror=mirror, on_progress=bar.update if bar else None)
     finally:
         if bar is not None:
@@ -106,11 +75,6 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
         echo(f"  e.g. {sample}")
     echo(f"incomplete fragments: {summary.fragments_incomplete}")
     echo(f"incomplete streams:  {summary.streams_incomplete}")
-    lost = store_stats["dropped"] + store_stats["spool_depth"]
-    if lost:
-        echo(f"rows not stored:     {lost} (dropped {store_stats['dropped']}, "
-             f"spooled {store_stats['spool_depth']}); last error: "
-             f"{store_stats['last_error']}", err=True)
     if mirror_stats:
         for dest, counts in mirror_stats.items():
             echo(f"mirror {dest}: sent {counts['sent']}, failed {counts['failed']}, "

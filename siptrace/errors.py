@@ -31,3 +31,7 @@ class ConfigError(SiptraceError):
 
 class StorageError(SiptraceError):
     """The database refused or could not be reached; wraps the driver's error."""
+
+
+class ControlError(SiptraceError):
+    """The control socket could not be reached, or refused a command."""

@@ -11,6 +11,8 @@ PCAPS = REPO / "pcaps"
 REAL_PCAPS = REPO.parent / "shared" / "real-pcaps"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+pytest_plugins = ["storefixtures"]
+
 
 def missing(reason: str):
     """A tool, server or capture a test needs is absent: fail under CI, else skip."""

@@ -68,7 +68,8 @@ def ng_interface(order: str, linktype: int, tsresol: int | None = None, snaplen:
     return ng_block(order, IDB, struct.pack(order + "HHI", linktype, 0, snaplen) + options)
 
 
-def ng_packet(order: str, iface: int, ts_units: int, data: bytes, orig: int | None = None) -> bytes:
+def ng_packet(order: str, iface: int, ts_units: int, data: bytes,
+              orig: int | None = None) -> bytes:
     return ng_block(order, EPB, struct.pack(order + "IIIII", iface, ts_units >> 32,
                                             ts_units & 0xFFFFFFFF, len(data),
                                             len(data) if orig is None else orig) + data)
@@ -262,7 +263,8 @@ def test_damaged_pcapng_blocks(tmp_path, damage):
     (b"", "empty file, not a capture"),
     (b"\x1f\x8b\x08\x00" + bytes(30), "gzip-compressed file; decompress it first"),
     (b"\xd4\xc3\xb2\xa1\x02\x00", "damaged pcap header (file ends after 6 bytes)"),
-    (struct.pack("<IHHiIII", 0xA1B2C3D4, 7, 1, 0, 0, 65535, 1), "damaged pcap header (version 7.1)"),
+    (struct.pack("<IHHiIII", 0xA1B2C3D4, 7, 1, 0, 0, 65535, 1),
+     "damaged pcap header (version 7.1)"),
     (ng_section("<")[:8] + b"\x00\x00\x00\x00" + bytes(16),
      "damaged pcapng header (byte-order magic 0x00000000)"),
 ])

@@ -149,7 +149,8 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(linktype, data):
 @SETTINGS
 @given(st.data())
 def test_fast_path_agrees_with_the_general_path(data):
-    """Plain Ethernet/IPv4 takes a shortcut; a VLAN tag forces the general layers.
+    """Ethernet (untagged or with one 802.1Q tag) and Linux SLL with IPv4 take a
+    shortcut; an 802.1ad tag forces the general layers. All must agree.
 
     Lengths are drawn around the consistent values, where the paths could differ.
     """
@@ -168,9 +169,12 @@ def test_fast_path_agrees_with_the_general_path(data):
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, frag, 64, proto, 0,
                          b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")
     padding = bytes(data.draw(st.integers(0, 8)))
-    frame = bytes(12) + b"\x08\x00" + header + transport + body + padding
-    tagged = bytes(12) + b"\x81\x00\x00\x07\x08\x00" + header + transport + body + padding
-    assert outcome(PacketDecoder(), 5, 1, frame) == outcome(PacketDecoder(), 5, 1, tagged)
+    ip_packet = header + transport + body + padding
+    general = outcome(PacketDecoder(), 5, 1, bytes(12) + b"\x88\xa8\x00\x07\x08\x00" + ip_packet)
+    assert outcome(PacketDecoder(), 5, 1, bytes(12) + b"\x08\x00" + ip_packet) == general
+    assert outcome(PacketDecoder(), 5, 1,
+                   bytes(12) + b"\x81\x00\x00\x07\x08\x00" + ip_packet) == general
+    assert outcome(PacketDecoder(), 5, 113, bytes(14) + b"\x08\x00" + ip_packet) == general
 
 
 @SETTINGS

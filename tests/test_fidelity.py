@@ -10,6 +10,7 @@ set-up is checked against the counts the real-pcaps README lists.
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ from siptrace.errors import CaptureFormatError, TruncatedCapture
 from siptrace.extract import SipExtractor, WireMessage
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
-ORACLE_THREADS = 3  # tshark runs in parallel; PDML parsing holds the GIL
+ORACLE_THREADS = min(4, os.cpu_count() or 2)  # tshark runs; PDML parsing holds the GIL
 README_COUNT_COLUMN = "sip msgs"
 MAX_REPORTED = 30  # differences listed per capture
 

@@ -112,10 +112,11 @@ def test_messages_hep_cannot_carry_raise_value_error(change):
 
 
 def test_packet_past_the_length_field_raises_value_error():
-    limit = MAX_HEP3_LENGTH - len(encode_hep3(wire(b"")))
-    assert len(encode_hep3(wire(b"x" * limit))) == MAX_HEP3_LENGTH
+    head = b"OPTIONS sip:a@b SIP/2.0\r\n\r\n"
+    limit = MAX_HEP3_LENGTH - len(encode_hep3(wire(head)))
+    assert len(encode_hep3(wire(head + b"x" * limit))) == MAX_HEP3_LENGTH
     with pytest.raises(ValueError, match="65535"):
-        encode_hep3(wire(b"x" * (limit + 1)))
+        encode_hep3(wire(head + b"x" * (limit + 1)))
 
 
 # -- sngrep as the decoder --------------------------------------------------------

@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -127,22 +128,24 @@ def test_close_waits_a_bounded_time_and_counts_the_rest_as_dropped(listeners):
     assert mirror.stats()[f"sip:127.0.0.1:{listener.port}"]["dropped"] == counts["dropped"] + 1
 
 
-def test_bad_messages_are_counted_as_failed_and_the_thread_goes_on(listeners, caplog):
+def test_bad_messages_are_counted_as_failed_and_the_others_still_go(listeners, caplog):
     sip, hep = listeners(), listeners()
     big = wire(b"INVITE sip:a@b SIP/2.0\r\n" + b"x" * 70_000)  # past UDP's and HEP's limit
     wrong_family = wire(sample_sip(1), family=5)
     not_a_message = object()
+    unpicklable = wire(sample_sip(3))
+    unpicklable.sip.raw = memoryview(unpicklable.sip.raw)  # cannot reach the worker
     good = wire(sample_sip(2))
     caplog.set_level(logging.WARNING, logger="siptrace.mirror")
     with Mirror(f"sip:127.0.0.1:{sip.port},hep:127.0.0.1:{hep.port}",
                 hep_auth_key="very-secret") as mirror:
-        for message in (big, wrong_family, not_a_message, good):
+        for message in (big, wrong_family, not_a_message, unpicklable, good):
             mirror.send(message)
     assert sip.receive(2) == [wrong_family.sip.raw, good.sip.raw]
     assert hep.receive(1) == [encode_hep3(good, 1, "very-secret")]
     assert mirror.stats() == {
-        f"sip:127.0.0.1:{sip.port}": {"sent": 2, "failed": 2, "dropped": 0},
-        f"hep:127.0.0.1:{hep.port}": {"sent": 1, "failed": 3, "dropped": 0}}
+        f"sip:127.0.0.1:{sip.port}": {"sent": 2, "failed": 3, "dropped": 0},
+        f"hep:127.0.0.1:{hep.port}": {"sent": 1, "failed": 4, "dropped": 0}}
     assert caplog.records, "the first failure of each kind is logged"
     for record in caplog.records:
         assert record.exc_info is None and "\n" not in record.getMessage()
@@ -168,6 +171,9 @@ def test_a_worker_that_dies_costs_only_the_later_copies(listeners, caplog):
     for n in range(3):
         mirror.send(wire(sample_sip(n)))
     assert len(listener.receive(3)) == 3
+    name = f"sip:127.0.0.1:{listener.port}"
+    while mirror.stats()[name]["sent"] < 3:  # counted just after the datagram left
+        time.sleep(0.01)
     os.kill(mirror._worker.pid, signal.SIGKILL)
     mirror._worker.wait()
     for n in range(5):
@@ -189,6 +195,7 @@ def test_format_stats_lines():
     ({"destinations": "sip:127.0.0.1", "hep_capture_id": -1}, "hep_capture_id"),
     ({"destinations": "sip:127.0.0.1", "hep_capture_id": 2**32}, "hep_capture_id"),
     ({"destinations": "sip:127.0.0.1", "queue_size": 0}, "queue size"),
+    ({"destinations": "sip:127.0.0.1", "hep_auth_key": "k" * 1025}, "hep_auth_key: longer"),
 ])
 def test_bad_configuration_is_a_config_error_at_start(arguments, says):
     with pytest.raises(ConfigError, match=says):

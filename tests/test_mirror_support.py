@@ -4,47 +4,23 @@ Collected by pytest but holds no tests; the test_mirror_* modules import it.
 """
 
 import os
-import re
 import signal
 import socket
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import REAL_PCAPS, missing, require_tool
-from siptrace.sip.message import SipMessage
-
-CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
-SIP_START = re.compile(rb"^(?:[A-Z]+ [^ ]+ SIP/2\.0|SIP/2\.0 \d{3} )")
-
-
-@dataclass(slots=True)
-class Wire:
-    """Stand-in with the fields of extract.WireMessage (until the extractor lands)."""
-
-    ts_ns: int
-    transport: str
-    family: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    sip: SipMessage
-
-
-def sip_message(raw: bytes) -> SipMessage:
-    """A SipMessage holding the raw bytes and Call-ID (the fields mirroring reads)."""
-    match = CALL_ID.search(raw.split(b"\r\n\r\n", 1)[0])
-    call_id = match.group(1).strip().decode("utf-8", "surrogateescape") if match else ""
-    return SipMessage(raw=raw, method=None, request_uri=None, status=None, reason=None,
-                      call_id=call_id, cseq_num=0, cseq_method="", from_tag="", to_tag="")
+from siptrace.capture.files import open_capture
+from siptrace.extract import SipExtractor, WireMessage
+from siptrace.sip.parser import parse_message
 
 
 def wire(raw: bytes, *, ts_ns=1_700_000_000_123_456_789, transport="udp", family=4,
-         src="192.0.2.1", sport=5060, dst="192.0.2.2", dport=5060) -> Wire:
-    return Wire(ts_ns, transport, family, src, sport, dst, dport, sip_message(raw))
+         src="192.0.2.1", sport=5060, dst="192.0.2.2", dport=5060) -> WireMessage:
+    """A wire message around ``raw`` (a SIP message: parsed by the team's parser)."""
+    return WireMessage(ts_ns, transport, family, src, sport, dst, dport, parse_message(raw))
 
 
 def sample_sip(n: int, call_id: str = "mirror-test") -> bytes:
@@ -57,30 +33,16 @@ def sample_sip(n: int, call_id: str = "mirror-test") -> bytes:
             f"Content-Length: 0\r\n\r\n").encode()
 
 
-def real_wires(name: str) -> list[Wire]:
-    """The SIP messages of one capture in /work/shared/real-pcaps, one per UDP
-    datagram or TCP segment (the captures used here carry whole messages)."""
+def real_wires(name: str) -> list[WireMessage]:
+    """The SIP messages of one capture in ../shared/real-pcaps, as siptrace extracts them."""
     path = REAL_PCAPS / name
     if not path.is_file():
         missing(f"{path} is absent")
-    from scapy.layers.inet import IP, TCP, UDP
-    from scapy.layers.inet6 import IPv6
-    from scapy.utils import PcapReader
-
+    extractor = SipExtractor()
     wires = []
-    with PcapReader(str(path)) as reader:
-        for packet in reader:
-            ip = packet.getlayer(IP) or packet.getlayer(IPv6)
-            transport = packet.getlayer(UDP) or packet.getlayer(TCP)
-            if ip is None or transport is None:
-                continue
-            payload = bytes(transport.payload)
-            if not SIP_START.match(payload):
-                continue
-            ts_ns = int(packet.time * 1_000_000) * 1000
-            wires.append(Wire(ts_ns, "udp" if isinstance(transport, UDP) else "tcp",
-                              4 if isinstance(ip, IP) else 6, ip.src, transport.sport,
-                              ip.dst, transport.dport, sip_message(payload)))
+    for record in open_capture(path):
+        wires.extend(extractor.feed(*record))
+    wires.extend(extractor.finish())
     return wires
 
 

@@ -163,8 +163,13 @@ class CaptureFile:
     def _pcapng_records(self) -> Iterator[tuple[int, int, bytes]]:
         chunk_size = self.chunk_size
         order = "<"
-        block_head = Struct("<II").unpack_from
-        interfaces: list[tuple[int, int, int, int, int]] = []  # linktype, mul, div, offset, snaplen
+        # Readers in the section's byte order, set again by each section header.
+        block_head = Struct("<II").unpack_from  # block type, block length
+        packet_head = Struct("<IIIII").unpack_from  # interface, time high/low, lengths
+        packet_block = Struct("<IIIIIII").unpack_from  # both of the above at once
+        u32 = Struct("<I").unpack_from
+        interfaces: list[tuple] = []  # per interface: see _interface
+        n_interfaces = 0
         last_ts = 0
         count = 0
         self.linktypes = []
@@ -173,6 +178,19 @@ class CaptureFile:
             buf = b""
             pos = n = 0
             while True:
+                if pos + 32 <= n:  # fast path: a well-formed EPB held whole in the buffer
+                    btype, blen, iface, ts_high, ts_low, caplen, origlen = packet_block(buf, pos)
+                    if (btype == EPB and caplen <= blen - 32 and pos + blen <= n
+                            and not blen & 3 and iface < n_interfaces and caplen <= MAX_CAPLEN
+                            and u32(buf, pos + blen - 4)[0] == blen):
+                        linktype, mul, div, offset, _ = interfaces[iface]
+                        last_ts = ((ts_high << 32) | ts_low) * mul // div + offset
+                        if caplen < origlen:
+                            self.snap_truncated += 1
+                        count += 1
+                        yield last_ts, linktype, buf[pos + 28:pos + 28 + caplen]
+                        pos += blen
+                        continue
                 if pos + 12 > n:
                     buf, base, pos, n = _refill(f, buf, base, pos, 12, chunk_size)
                     self.position, self.records = base, count
@@ -187,9 +205,11 @@ class CaptureFile:
                         raise self._damaged(base + pos, "section header (byte-order magic)", count)
                     block_head = Struct(order + "II").unpack_from
                     packet_head = Struct(order + "IIIII").unpack_from
+                    packet_block = Struct(order + "IIIIIII").unpack_from
                     u32 = Struct(order + "I").unpack_from
                     btype, blen = block_head(buf, pos)
                     interfaces = []
+                    n_interfaces = 0
                     if blen < 28:
                         raise self._damaged(base + pos, f"section header (block length {blen})",
                                             count)
@@ -205,7 +225,8 @@ class CaptureFile:
                                         count)
                 if btype == EPB or btype == OPB:
                     if blen < 32:
-                        raise self._damaged(base + pos, f"packet block (block length {blen})", count)
+                        raise self._damaged(base + pos, f"packet block (block length {blen})",
+                                            count)
                     iface, ts_high, ts_low, caplen, origlen = packet_head(buf, pos + 8)
                     if btype == OPB:  # 16-bit interface id, then a drop count
                         iface = unpack_from(order + "H", buf, pos + 8)[0]
@@ -234,6 +255,7 @@ class CaptureFile:
                     if interface is None:
                         raise self._damaged(base + pos, "interface description block", count)
                     interfaces.append(interface)
+                    n_interfaces += 1
                     self.linktypes.append(interface[0])
                 elif btype != SHB:
                     self.skipped_blocks += 1

@@ -12,6 +12,8 @@ from collections import Counter, OrderedDict, deque
 from typing import NamedTuple
 
 from siptrace.correlate.decision import Decision
+from siptrace.correlate.state import (PendingDecision, PendingMessage, Transaction,
+                                      reply_fits, unindex)
 from siptrace.direction import ProxyAddresses
 
 SECOND = 1_000_000_000
@@ -41,66 +43,6 @@ class Traced(NamedTuple):
     wire: object  # extract.WireMessage
     direction: str  # "in" or "out" ("" in trace_all mode off the proxy)
     traced_users: tuple[str, ...]
-
-
-class _Txn:
-    """A request the proxy received, and what it sent and received on its behalf."""
-
-    __slots__ = ("key", "callid", "cseq_num", "method", "traced", "users", "branches",
-                 "completed", "last_ns", "long")
-
-    def __init__(self, key, decision: Decision, traced: bool, users, now_ns: int):
-        self.key = key
-        self.callid = decision.callid
-        self.cseq_num = decision.cseq_num
-        self.method = decision.cseq_method
-        self.traced = traced
-        self.users = users
-        self.branches: list[str] = []  # top Via branches of what the proxy sent
-        self.completed = self.method == "ACK"  # an ACK gets no reply
-        self.long = not self.completed and self.method == "INVITE"
-        self.last_ns = now_ns
-
-
-class _Pending:
-    """A captured message still waiting for a decision that could claim it."""
-
-    __slots__ = ("seq", "wire", "deadline", "b0", "b1", "callid", "cseq_num", "method",
-                 "status", "need_rcv", "need_out", "need_in", "claimed", "settled")
-
-    def __init__(self, seq, wire, deadline, b0, b1, callid, cseq_num, method, status,
-                 need_rcv, need_out, need_in, claimed):
-        self.seq = seq
-        self.wire = wire
-        self.deadline = deadline
-        self.b0 = b0
-        self.b1 = b1
-        self.callid = callid
-        self.cseq_num = cseq_num
-        self.method = method
-        self.status = status
-        self.need_rcv = need_rcv  # its own decision (it was sent to the proxy)
-        self.need_out = need_out  # a transaction that explains it being sent
-        self.need_in = need_in  # a transaction it is a reply to (received on a branch)
-        self.claimed = claimed
-        self.settled = False
-
-    @property
-    def done(self) -> bool:
-        return not (self.need_rcv or self.need_out or self.need_in)
-
-
-class _Claim:
-    """A decision waiting for the message it was made for."""
-
-    __slots__ = ("decision", "users", "rt_ns", "key", "done")
-
-    def __init__(self, decision, users, rt_ns, key):
-        self.decision = decision
-        self.users = users
-        self.rt_ns = rt_ns
-        self.key = key
-        self.done = False
 
 
 class Correlator:
@@ -144,19 +86,19 @@ class Correlator:
         self._watermark = 0  # the latest capture time seen
         self._seq = 0
         # transactions by (received branch, Call-ID, CSeq number, CSeq method)
-        self._txns: dict[tuple, _Txn] = {}
+        self._txns: dict[tuple, Transaction] = {}
         # the same, by (branch the proxy sent on, Call-ID, CSeq number)
-        self._by_sent_branch: dict[tuple, _Txn] = {}
+        self._by_sent_branch: dict[tuple, Transaction] = {}
         self._long: OrderedDict = OrderedDict()  # open INVITEs, least recently active first
         self._short: OrderedDict = OrderedDict()  # everything else
-        self._pending: deque[_Pending] = deque()  # arrival order; settled ones linger
+        self._pending: deque[PendingMessage] = deque()  # arrival order; settled ones linger
         self._waiting_packets = 0
         self._waiting_claims = 0
-        self._pending_b0: dict[tuple, list[_Pending]] = {}  # (top branch, Call-ID)
-        self._pending_b1: dict[tuple, list[_Pending]] = {}  # (second branch, Call-ID)
-        self._claims: deque[_Claim] = deque()
-        self._request_claims: dict[tuple, list[_Claim]] = {}
-        self._reply_claims: dict[tuple, list[_Claim]] = {}
+        self._pending_b0: dict[tuple, list[PendingMessage]] = {}  # (top branch, Call-ID)
+        self._pending_b1: dict[tuple, list[PendingMessage]] = {}  # (second branch, Call-ID)
+        self._claims: deque[PendingDecision] = deque()
+        self._request_claims: dict[tuple, list[PendingDecision]] = {}
+        self._reply_claims: dict[tuple, list[PendingDecision]] = {}
 
     # -- trace on/off -----------------------------------------------------------
 
@@ -261,7 +203,7 @@ class Correlator:
                 self._emit(entry.seq, entry.wire, "in", users, out)
             self._settle(entry)
         else:
-            claim = _Claim(decision, users, now_ns, key)
+            claim = PendingDecision(decision, users, now_ns, key)
             if len(self._claims) >= self.max_pending_decisions:
                 self._drop_claim(self._claims.popleft(), "evicted_decisions")
             self._claims.append(claim)
@@ -319,7 +261,7 @@ class Correlator:
             claimed = not need_out
         if need_in:
             txn = self._by_sent_branch.get((b0, callid, num))
-            if txn is not None and _reply_fits(txn, method):  # received on a branch
+            if txn is not None and reply_fits(txn, method):  # received on a branch
                 self._emit_txn(txn, seq, wire, "in", out)
                 need_in = False
                 claimed = True
@@ -333,11 +275,11 @@ class Correlator:
                 if claim.decision.trace:
                     self._emit(seq, wire, "in", claim.users, out)
         if need_rcv or need_out or need_in:
-            self._add_pending(_Pending(seq, wire, wire.ts_ns + self.grace_ns, b0, b1,
+            self._add_pending(PendingMessage(seq, wire, wire.ts_ns + self.grace_ns, b0, b1,
                                        callid, num, method, status, need_rcv, need_out,
                                        need_in, claimed))
 
-    def _take_claim(self, wire, b0, callid, num, method, status) -> _Claim | None:
+    def _take_claim(self, wire, b0, callid, num, method, status) -> PendingDecision | None:
         if status is None:
             claims = self._request_claims.get((b0, callid, num, method))
         else:
@@ -358,7 +300,7 @@ class Correlator:
                 return claim
         return None
 
-    def _add_pending(self, entry: _Pending) -> None:
+    def _add_pending(self, entry: PendingMessage) -> None:
         pending = self._pending
         if len(pending) >= self.max_pending_packets:
             self._drop_pending(pending.popleft(), "evicted_packets")
@@ -368,16 +310,16 @@ class Correlator:
         if entry.b1 is not None and entry.need_out and entry.status is None:
             self._pending_b1.setdefault((entry.b1, entry.callid), []).append(entry)
 
-    def _settle(self, entry: _Pending) -> None:
+    def _settle(self, entry: PendingMessage) -> None:
         """Take a pending message out of the indexes once nothing more can claim it."""
         if entry.done and not entry.settled:
             entry.settled = True
             self._waiting_packets -= 1
-            _unindex(self._pending_b0, (entry.b0, entry.callid), entry)
+            unindex(self._pending_b0, (entry.b0, entry.callid), entry)
             if entry.b1 is not None:
-                _unindex(self._pending_b1, (entry.b1, entry.callid), entry)
+                unindex(self._pending_b1, (entry.b1, entry.callid), entry)
 
-    def _drop_pending(self, entry: _Pending, counter: str) -> None:
+    def _drop_pending(self, entry: PendingMessage, counter: str) -> None:
         if entry.settled:
             return
         if counter == "evicted_packets" or not entry.claimed:
@@ -399,13 +341,13 @@ class Correlator:
             table = self._short if self._short else self._long
             self._forget(table.popitem(last=False)[1])
             self.stats["evicted_transactions"] += 1
-        txn = _Txn(key, decision, traced, users, self._clock)
+        txn = Transaction(key, decision, traced, users, self._clock)
         self.stats["transactions"] += 1
         self._txns[key] = txn
         (self._long if txn.long else self._short)[key] = txn
         self._adopt_pending(txn, out)
 
-    def _adopt_pending(self, txn: _Txn, out: list) -> None:
+    def _adopt_pending(self, txn: Transaction, out: list) -> None:
         """Claim the messages captured before the decision that created ``txn``."""
         branch, callid, num, method = txn.key
         clock = self._clock
@@ -427,7 +369,7 @@ class Correlator:
                     self._complete(txn)
                 self._settle(entry)
 
-    def _learn_branch(self, txn: _Txn, branch: str, out: list) -> None:
+    def _learn_branch(self, txn: Transaction, branch: str, out: list) -> None:
         """Remember a branch the proxy sent ``txn`` on; claim what waited on it."""
         key = (branch, txn.callid, txn.cseq_num)
         if len(txn.branches) >= MAX_BRANCHES or key in self._by_sent_branch:
@@ -444,13 +386,13 @@ class Correlator:
                     entry.need_out = False
                     entry.claimed = True
                     self._emit_txn(txn, entry.seq, entry.wire, "out", out)
-            elif entry.need_in and _reply_fits(txn, entry.method):
+            elif entry.need_in and reply_fits(txn, entry.method):
                 entry.need_in = False
                 entry.claimed = True
                 self._emit_txn(txn, entry.seq, entry.wire, "in", out)
             self._settle(entry)
 
-    def _pending_received(self, decision: Decision) -> _Pending | None:
+    def _pending_received(self, decision: Decision) -> PendingMessage | None:
         """The earliest waiting message that ``decision`` was made for."""
         candidates = self._pending_b0.get((decision.branch, decision.callid))
         if not candidates:
@@ -467,22 +409,22 @@ class Correlator:
                 return entry
         return None
 
-    def _drop_claim(self, claim: _Claim, counter: str) -> None:
+    def _drop_claim(self, claim: PendingDecision, counter: str) -> None:
         if claim.done:
             return
         claim.done = True
         self._waiting_claims -= 1
         self.stats[counter] += 1
         table = self._request_claims if claim.decision.is_request else self._reply_claims
-        _unindex(table, claim.key, claim)
+        unindex(table, claim.key, claim)
 
     # -- transactions ------------------------------------------------------------------
 
-    def _touch(self, txn: _Txn) -> None:
+    def _touch(self, txn: Transaction) -> None:
         txn.last_ns = self._clock
         (self._long if txn.long else self._short).move_to_end(txn.key)
 
-    def _complete(self, txn: _Txn) -> None:
+    def _complete(self, txn: Transaction) -> None:
         if not txn.completed:
             txn.completed = True
             if txn.long:
@@ -490,14 +432,14 @@ class Correlator:
                 del self._long[txn.key]
                 self._short[txn.key] = txn
 
-    def _forget(self, txn: _Txn) -> None:
+    def _forget(self, txn: Transaction) -> None:
         del self._txns[txn.key]
         for branch in txn.branches:
             self._by_sent_branch.pop((branch, txn.callid, txn.cseq_num), None)
 
     # -- output and time ----------------------------------------------------------------
 
-    def _emit_txn(self, txn: _Txn, seq: int, wire, direction: str, out: list) -> None:
+    def _emit_txn(self, txn: Transaction, seq: int, wire, direction: str, out: list) -> None:
         self._touch(txn)
         if txn.traced:
             self._emit(seq, wire, direction, txn.users, out)
@@ -538,28 +480,11 @@ class Correlator:
                 self._forget(txn)
 
 
-    def _claim_expired(self, claim: _Claim) -> bool:
+    def _claim_expired(self, claim: PendingDecision) -> bool:
         # A decision waits for messages captured up to ``grace`` after it arrived
         # (capture time), and at most ``max_capture_lag`` more of wall time.
         rt = claim.rt_ns + self.grace_ns
         return rt < self._watermark or rt + self.max_capture_lag_ns < self._clock
-
-
-def _reply_fits(txn: _Txn, method: str) -> bool:
-    """A reply's CSeq method fits a transaction: its own, or CANCEL on an INVITE."""
-    return method == txn.method or (method == "CANCEL" and txn.method == "INVITE")
-
-
-def _unindex(index: dict, key, item) -> None:
-    items = index.get(key)
-    if items is None:
-        return
-    try:
-        items.remove(item)
-    except ValueError:
-        return
-    if not items:
-        del index[key]
 
 
 def _seq_of(item) -> int:

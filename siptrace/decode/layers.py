@@ -17,8 +17,12 @@ from siptrace.decode.ip import IP_PROTO
 from siptrace.decode.packet import TransportPacket
 from siptrace.errors import DecodeError, TruncatedPacket
 
-# The fast path: EtherType, IPv4 version/IHL, total length, flags/offset, protocol.
-_ETHERNET_IPV4 = Struct("!12xHBxH2xHxB")
+# The fast path: Ethernet (with at most one 802.1Q tag) or Linux SLL, then an
+# IPv4 header without options, unfragmented, then UDP or TCP. _LINK_IPV4 reads the
+# EtherType at +12, then IPv4 version/IHL, total length, flags/offset, protocol at
+# +14; _FAST_LINKS says where to apply it for each link type.
+_LINK_IPV4 = Struct("!12xHBxH2xHxB")
+_FAST_LINKS = {link.LINKTYPE_ETHERNET: 0, link.LINKTYPE_LINUX_SLL: 2}
 _IPV4_FRAGMENTED = ip.IPV4_MORE_FRAGMENTS | ip.IPV4_OFFSET_MASK
 _UDP_PORTS_LENGTH = Struct("!HHH")
 _TCP_FIELDS = Struct("!HHI4xH")
@@ -79,11 +83,17 @@ class PacketDecoder:
         self._packets += 1
         if self._fragments.sets:
             self._fragments.expire(ts_ns)
-        if linktype == 1 and len(data) >= 34:  # fast path: Ethernet, IPv4 without options
-            ethertype, vihl, total, frag, proto = _ETHERNET_IPV4.unpack_from(data, 0)
+        shift = _FAST_LINKS.get(linktype)
+        if shift is not None and len(data) >= shift + 38:
+            # Fast path for the common case; anything unusual goes to the layers.
+            ethertype, vihl, total, frag, proto = _LINK_IPV4.unpack_from(data, shift)
+            if ethertype == link.ETH_VLAN and shift == 0:  # one 802.1Q tag
+                shift = 4
+                ethertype, vihl, total, frag, proto = _LINK_IPV4.unpack_from(data, shift)
+            l3 = shift + 14
             if (ethertype == ip.ETH_IPV4 and vihl == 0x45 and not frag & _IPV4_FRAGMENTED
-                    and 14 + total <= len(data)):
-                pkt = self._ethernet_ipv4(ts_ns, data, total, proto)
+                    and l3 + total <= len(data)):
+                pkt = self._ipv4_fast(ts_ns, data, l3, total, proto)
                 if pkt is not None:
                     return pkt
         link_layer = link.LINK_LAYERS.get(linktype)
@@ -121,32 +131,35 @@ class PacketDecoder:
             stats["malformed"] += 1
             raise
 
-    def _ethernet_ipv4(self, ts_ns, data, total, proto) -> TransportPacket | None:
-        """UDP or TCP in plain Ethernet/IPv4, as the layers would decode it; else None."""
+    def _ipv4_fast(self, ts_ns: int, data: bytes, l3: int, total: int,
+                   proto: int) -> TransportPacket | None:
+        """UDP or TCP in an IPv4 header of 20 bytes at ``l3`` (unfragmented, length
+        checked), exactly as the layers would decode it; None: let the layers do it."""
+        l4 = l3 + 20
         if proto == 17:
             if total < 28:
                 return None
-            sport, dport, length = _UDP_PORTS_LENGTH.unpack_from(data, 34)
+            sport, dport, length = _UDP_PORTS_LENGTH.unpack_from(data, l4)
             if not 8 <= length <= total - 20:
                 return None
-            raw = data[26:34]
+            raw = data[l3 + 12:l4]
             src, dst = self._v4_names.get(raw) or ip.address_pair(self._v4_names, raw,
                                                                    ip.ipv4_text)
             self._udp += 1
-            return TransportPacket(ts_ns, 17, 4, src, sport, dst, dport, data[42:34 + length])
+            return TransportPacket(ts_ns, 17, 4, src, sport, dst, dport, data[l4 + 8:l4 + length])
         if proto == 6:
             if total < 40:
                 return None
-            sport, dport, seq, offset_flags = _TCP_FIELDS.unpack_from(data, 34)
+            sport, dport, seq, offset_flags = _TCP_FIELDS.unpack_from(data, l4)
             header_len = (offset_flags >> 12) << 2
             if not 20 <= header_len <= total - 20:
                 return None
-            raw = data[26:34]
+            raw = data[l3 + 12:l4]
             src, dst = self._v4_names.get(raw) or ip.address_pair(self._v4_names, raw,
                                                                    ip.ipv4_text)
             self._tcp += 1
             return TransportPacket(ts_ns, 6, 4, src, sport, dst, dport,
-                                   data[34 + header_len:14 + total], seq, offset_flags & 0xFF)
+                                   data[l4 + header_len:l3 + total], seq, offset_flags & 0xFF)
         return None
 
     def expire(self, now_ns: int | None = None) -> int:

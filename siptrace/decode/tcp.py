@@ -83,6 +83,7 @@ class TcpReassembler:
         self.held_total = 0
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()
         self._closed: OrderedDict[StreamKey, int] = OrderedDict()  # key -> final next_seq
+        self._holding: set[StreamKey] = set()  # streams that may hold segments
         self._next_sweep = 0
 
     def __len__(self) -> int:
@@ -100,21 +101,16 @@ class TcpReassembler:
         seq = pkt.seq
         stream = self._streams.get(key)
         if stream is None:
-            if not data and not flags & (SYN | FIN):
-                return out  # a bare ACK or RST of a stream we do not know
+            if not data and not flags & SYN:
+                return out  # a bare ACK, FIN or RST of a stream we do not know
             stream = self._open(key, seq, flags, data, ts, out)
             if stream is None:
                 return out
         else:
             self._streams.move_to_end(key)
-            if flags & SYN:
-                if seq == stream.isn:
-                    data = data  # a retransmitted SYN: its data, if any, is trimmed below
-                else:  # the 4-tuple reused by a new connection
-                    self._end(key, stream, ts, out)
-                    stream = self._open(key, seq, flags, data, ts, out)
-                    if stream is None:
-                        return out
+            if flags & SYN and seq != stream.isn:  # the 4-tuple reused by a new connection
+                self._end(key, stream, ts, out)
+                stream = self._open(key, seq, flags, data, ts, out)
         stream.last_ts = ts
         if flags & SYN:
             seq = (seq + 1) % SEQ_MOD
@@ -129,9 +125,7 @@ class TcpReassembler:
     def finish(self) -> list[TcpChunk]:
         """End of input: every stream's held data is delivered (after its holes)."""
         out = []
-        while self._streams:
-            key, stream = self._streams.popitem(last=False)
-            self._streams[key] = stream
+        for key, stream in list(self._streams.items()):
             self._end(key, stream, stream.last_ts, out)
         return out
 
@@ -189,6 +183,7 @@ class TcpReassembler:
             self._unhold(stream, len(prior[0]))
         if not stream.held:
             stream.held_since = ts
+            self._holding.add(key)
         stream.held[seq] = (data, ts)
         stream.held_bytes += len(data)
         self.held_total += len(data)
@@ -272,9 +267,12 @@ class TcpReassembler:
                 break
             self.stats["streams_idle"] += 1
             self._end(key, stream, stream.last_ts, out)
-        if self.held_total:
-            late = now - self.gap_timeout_ns
-            for key, stream in list(streams.items()):
-                if stream.held and stream.held_since < late:
-                    self.stats["held_overflow"] += 1
-                    self._flush(key, stream, out)
+        late = now - self.gap_timeout_ns
+        for key in list(self._holding):
+            stream = streams.get(key)
+            if stream is None or not stream.held:
+                self._holding.discard(key)
+            elif stream.held_since < late:
+                self.stats["held_overflow"] += 1
+                self._flush(key, stream, out)
+                self._holding.discard(key)

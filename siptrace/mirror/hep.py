@@ -4,11 +4,12 @@ Format: HEP3 Network Protocol Specification rev. 37 (sipcapture/HEP). A packet i
 ASCII id ``HEP3``, a uint16 total length, then chunks of (uint16 vendor id, uint16
 type id, uint16 length including these 6 bytes, data), all in network byte order.
 
-Chunk order follows captagent and Kamailio: the fixed-size chunks (family, protocol,
-ports, time, protocol type, capture id), then the addresses, the auth key, the
-payload, and the correlation id last. Decoders that walk chunks by type accept any
-order; those that read the fixed part positionally and take the chunk after the
-auth key as the payload (sngrep before 1.4.7, old sipcapture code) read this one too.
+Chunk order: the fixed-size chunks in the order of the ``hep_generic`` header that
+captagent and Kamailio write (family, protocol, ports, time, protocol type, capture
+id), then the addresses, the auth key, the payload, and the correlation id last.
+Decoders that walk chunks by type accept any order; those that read the fixed part
+positionally and take the chunk after the auth key as the payload (sngrep before
+1.4.7) read this one too.
 """
 
 import struct

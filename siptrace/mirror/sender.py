@@ -33,9 +33,16 @@ DEFAULT_CLOSE_TIMEOUT = 5.0  # seconds close() waits for the copies to be sent
 FLUSH_DELAY = 0.005  # seconds the flusher lets a batch grow before handing it over
 FLUSH_AT = 512  # messages that make the flusher hand over at once
 MAX_BATCH = 2048  # messages in one frame to the worker
+MAX_AUTH_KEY = 1024  # characters; the key travels in every HEP packet
 IDLE_CHECK = 1.0  # seconds between the idle flusher's checks of the queue
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-WORKER_MAIN = "import sys; from siptrace.mirror.worker import main; sys.exit(main(sys.argv))"
+WORKER_MAIN = """import sys
+try:
+    from siptrace.mirror.worker import main
+except Exception as exc:
+    sys.exit(f"mirror worker cannot start: {exc!r}")
+sys.exit(main(sys.argv))
+"""
 
 
 class Mirror:
@@ -68,6 +75,8 @@ class Mirror:
         if not isinstance(hep_capture_id, int) or not 0 <= hep_capture_id <= 0xFFFFFFFF:
             raise ConfigError(f"hep_capture_id: {hep_capture_id!r} is not an integer "
                               f"from 0 to 4294967295")
+        if hep_auth_key and len(hep_auth_key) > MAX_AUTH_KEY:
+            raise ConfigError(f"hep_auth_key: longer than {MAX_AUTH_KEY} characters")
         if queue_size < 1:
             raise ConfigError(f"mirror queue size must be at least 1, not {queue_size}")
         for destination in destinations:
@@ -81,9 +90,12 @@ class Mirror:
         self._dropped = 0  # by send(): queue full or closed
         self._rejected = 0  # by send(): not a wire message
         self._handed = 0  # messages written to the worker, by the flusher
+        self._unhanded = 0  # by the flusher: the worker was gone
+        self._unpicklable = 0  # by the flusher: fields that cannot travel to the worker
         self._lost = 0  # messages the worker never processed, counted at close
         self._closing = False
         self._closed = False
+        self._killed = False
         self._wake = threading.Event()
         self._counters_fd = os.memfd_create("siptrace-mirror-counters")
         os.ftruncate(self._counters_fd, COUNTER.size * (1 + 2 * len(destinations)))
@@ -96,7 +108,10 @@ class Mirror:
                                        name="siptrace-mirror-log")
         config = {"destinations": [(d.kind, d.family, d.sockaddr, d.name) for d in destinations],
                   "capture_id": hep_capture_id, "auth_chunk": auth_key_chunk(hep_auth_key)}
-        self._write_frame(pickle.dumps(config))
+        try:
+            self._write_frame(pickle.dumps(config))
+        except OSError:  # the worker exited at once: the flusher reports it
+            pass
         self._flusher.start()
         self._relay.start()
 
@@ -134,9 +149,10 @@ class Mirror:
     def stats(self) -> dict[str, dict[str, int]]:
         """Per destination name: {"sent", "failed", "dropped"} message counts."""
         counters = self._counters if not self._closed else self._final
-        dropped = self._dropped + self._lost
+        dropped = self._dropped + self._unhanded + self._lost
+        rejected = self._rejected + self._unpicklable
         return {d.name: {"sent": counters[1 + 2 * i],
-                         "failed": counters[2 + 2 * i] + self._rejected,
+                         "failed": counters[2 + 2 * i] + rejected,
                          "dropped": dropped}
                 for i, d in enumerate(self.destinations)}
 
@@ -160,6 +176,7 @@ class Mirror:
         try:
             self._worker.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            self._killed = True
             self._worker.kill()  # also unblocks a flusher stuck writing to it
             self._worker.wait()
         self._flusher.join()
@@ -211,17 +228,35 @@ class Mirror:
             popleft = queue.popleft
             batch = [popleft() for _ in range(min(len(queue), MAX_BATCH))]
             if broken:
-                self._dropped += len(batch)
+                self._unhanded += len(batch)
                 continue
+            frame, count = self._pickle(batch)
             try:
-                self._write_frame(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-                self._handed += len(batch)
-            except (OSError, ValueError) as exc:  # the worker is gone
+                self._write_frame(frame)
+                self._handed += count
+            except (OSError, ValueError):  # the worker is gone
                 broken = True
-                self._dropped += len(batch)
-                if not self._closing:
-                    log.warning("mirror worker stopped (%s): copies are dropped from now on",
-                                exc.__class__.__name__)
+                self._unhanded += count
+                if not self._killed:
+                    log.warning("mirror worker stopped (exit status %s): copies are dropped "
+                                "from now on", self._worker.poll())
+
+    def _pickle(self, batch: list) -> tuple[bytes, int]:
+        """The frame for a batch and the messages in it; messages whose fields cannot
+        be pickled are left out (counted as failed)."""
+        try:
+            return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL), len(batch)
+        except Exception:
+            pass
+        kept = []
+        for fields in batch:
+            try:
+                pickle.dumps(fields)
+            except Exception:
+                self._unpicklable += 1
+            else:
+                kept.append(fields)
+        return pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL), len(kept)
 
     def _relay_errors(self) -> None:
         """The worker's one-line error reports, into this process's log."""

@@ -2,9 +2,9 @@
 
 What is required. A message is SIP when its start line is a request line or a status
 line: that is what Wireshark needs to list a packet as SIP, and siptrace stores every
-message Wireshark lists. So only a bad start line (or a header section past
-``MAX_HEADER_LINES``) raises ``SipParseError``. The rest is taken as Wireshark takes
-it, and what was tolerated is named in ``SipMessage.defects``:
+message Wireshark lists. So only a bad start line raises ``SipParseError``. The rest
+is taken as Wireshark takes it, and what was tolerated is named in
+``SipMessage.defects``:
 
 - a missing Call-ID gives '', a missing or unreadable CSeq gives 0 and '', a missing
   From or To gives an empty tag (the original module stores what it finds too);
@@ -23,7 +23,7 @@ from siptrace.errors import SipParseError
 from siptrace.sip.detect import SIP_VERSION, STATUS_PREFIX, TOKEN_CHARS
 from siptrace.sip.message import SipMessage
 
-MAX_HEADER_LINES = 512  # more is taken for garbage, not a header section
+MAX_HEADER_LINES = 512  # lines split off for the fast path; longer headers take the slow one
 
 # Header keys the parser keeps; 0 means "known, not needed".
 _VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTENT_LENGTH = 1, 2, 3, 4, 5, 6
@@ -179,7 +179,7 @@ def _scan(lines: list) -> tuple[dict, list, bool]:
 
 def _scan_slow(lines: list) -> tuple[dict, list, bool]:
     """``_scan`` for the rest: bare LF line ends, folded lines (RFC 3261 section 7.3.1),
-    no empty line after the headers, too many lines."""
+    no empty line after the headers, more than ``MAX_HEADER_LINES`` lines."""
     text = b"\n".join(lines[1:])
     if text[:1] == b"\n" or text[:2] == b"\r\n":  # an empty header section
         end = 0
@@ -190,8 +190,6 @@ def _scan_slow(lines: list) -> tuple[dict, list, bool]:
             end = lf_end
     ended = end >= 0
     if not ended:
-        if len(lines) > MAX_HEADER_LINES:
-            raise SipParseError(f"more than {MAX_HEADER_LINES} header lines")
         end = len(text)
     found = {}
     vias = []

@@ -77,6 +77,8 @@ class TcpMessageAssembler:
 
     def take_other(self) -> list[tuple[int, str, bytes, StreamKey]]:
         """Messages other streams completed during earlier ``feed`` calls."""
+        if not self._pending:
+            return []
         pending, self._pending = list(self._pending), deque()
         return pending
 

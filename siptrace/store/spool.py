@@ -297,7 +297,9 @@ def inspect_spool(directory) -> dict:
     for number in segments:
         if number < state["segment"]:
             continue
-        with open(directory / f"{number:012d}.seg", "rb") as f:
+        path = directory / f"{number:012d}.seg"
+        end = path.stat().st_size
+        with open(path, "rb") as f:
             pos = state["offset"] if number == state["segment"] else 0
             f.seek(pos)
             while True:
@@ -305,6 +307,8 @@ def inspect_spool(directory) -> dict:
                 if len(header) < RECORD_HEADER.size + BATCH_HEADER.size:
                     break
                 n, _ = RECORD_HEADER.unpack_from(header)
+                if f.tell() - len(header) + RECORD_HEADER.size + n > end:
+                    break  # torn tail: the owner cuts it off when it opens the spool
                 rows += BATCH_HEADER.unpack_from(header, RECORD_HEADER.size)[1]
                 records += 1
                 size += RECORD_HEADER.size + n

@@ -106,21 +106,23 @@ def open_database(db_url: DbUrl) -> peewee.Database:
     """
     opts = _options(db_url)
     if db_url.dialect == "sqlite":
-        return peewee.SqliteDatabase(db_url.database, autoconnect=False, thread_safe=False, check_same_thread=False,
-                                     timeout=opts.pop("timeout", 30), **opts)
+        return peewee.SqliteDatabase(db_url.database, autoconnect=False, thread_safe=False,
+                                     check_same_thread=False, timeout=opts.pop("timeout", 30),
+                                     **opts)
     creds = {"user": db_url.user, "host": db_url.host, "port": db_url.port}
     if db_url.dialect == "postgresql":
         if db_url.password is not None:
             creds["password"] = db_url.password
         opts.setdefault("connect_timeout", CONNECT_TIMEOUT)
-        return peewee.PostgresqlDatabase(db_url.database, autoconnect=False, thread_safe=False, prefer_psycopg3=True,
-                                         **creds, **opts)
+        return peewee.PostgresqlDatabase(db_url.database, autoconnect=False, thread_safe=False,
+                                         prefer_psycopg3=True, **creds, **opts)
     if db_url.password is not None:
         creds["password"] = db_url.password
     opts.setdefault("connect_timeout", CONNECT_TIMEOUT)
     opts.setdefault("read_timeout", 60)
     opts.setdefault("write_timeout", 60)
-    return peewee.MySQLDatabase(db_url.database, autoconnect=False, thread_safe=False, charset="utf8mb4", **creds, **opts)
+    return peewee.MySQLDatabase(db_url.database, autoconnect=False, thread_safe=False,
+                                charset="utf8mb4", **creds, **opts)
 
 
 def storage_error(db_url: DbUrl, action: str, exc: BaseException) -> StorageError:

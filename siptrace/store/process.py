@@ -1,0 +1,96 @@
+"""A store writer in its own process, for replay: the database's work off the GIL.
+
+A writer thread beside the decoding thread fights it for the GIL (sqlite3 releases and
+re-takes it once per row; docs/storage.md); a child process does not. Batches travel
+as pickled plain tuples through a pipe whose kernel buffer is the only queue, so a slow
+database makes ``put`` wait: right for replay, where nothing must be lost, wrong for
+live capture, which uses BatchWriter.
+"""
+
+import multiprocessing
+import pickle
+import signal
+from collections import Counter
+
+from siptrace.errors import StorageError
+
+
+class ProcessWriter:
+    """``put(rows)`` sends a batch to the writer process; ``close()`` waits for it."""
+
+    def __init__(self, db_url: str, table: str):
+        ctx = multiprocessing.get_context("spawn")
+        self._batches_out, batches_in = ctx.Pipe(duplex=False)[::-1]
+        results_in, self._results_out = ctx.Pipe(duplex=False)
+        self._results = results_in
+        self._process = ctx.Process(target=_serve, name="siptrace-store", daemon=True,
+                                    args=(db_url, table, batches_in, self._results_out))
+        self._process.start()
+        batches_in.close()
+        self._results_out.close()
+        self.stats = {"rows_written": 0, "batches": 0, "pending": 0, "dropped": 0,
+                      "spool_depth": 0, "last_error": ""}
+        self._closed = False
+        self._answer()  # the table exists, or the error that stopped it
+
+    def put(self, rows) -> None:
+        if not rows:
+            return
+        try:
+            self._batches_out.send_bytes(pickle.dumps([tuple(r) for r in rows], 5))
+        except (BrokenPipeError, OSError):
+            self._answer()
+            raise StorageError("the store process stopped") from None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is left, wait until it is committed; raises StorageError."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._batches_out.send_bytes(b"")
+        except (BrokenPipeError, OSError):
+            pass
+        self._batches_out.close()
+        try:
+            self._answer()
+        finally:
+            self._process.join(timeout)
+
+    def _answer(self) -> None:
+        try:
+            kind, payload = self._results.recv()
+        except EOFError:
+            raise StorageError("the store process ended without a word") from None
+        if kind == "error":
+            self.stats["last_error"] = payload
+            raise StorageError(payload)
+        self.stats.update(payload)
+
+
+def _serve(db_url, table, batches, results) -> None:
+    """The writer process: one transaction per batch received, until the empty one."""
+    from siptrace.store.tracestore import TraceStore
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    store = None
+    written = batches_done = 0
+    try:
+        store = TraceStore(db_url, table)
+        store.connect()
+        results.send(("ready", {}))
+        while True:
+            data = batches.recv_bytes()
+            if not data:
+                break
+            rows = pickle.loads(data)
+            store.insert(rows)
+            written += len(rows)
+            batches_done += 1
+        stats = Counter({k: v for k, v in store.stats.items() if k.startswith("truncated_")})
+        results.send(("done", {"rows_written": written, "batches": batches_done, **stats}))
+    except StorageError as exc:
+        results.send(("error", str(exc)))
+    finally:
+        if store is not None:
+            store.close()
