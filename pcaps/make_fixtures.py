@@ -11,17 +11,20 @@ every file and the table between the markers in README.md is rewritten.
 
 import argparse
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
 PCAPS = Path(__file__).resolve().parent
 sys.path[:0] = [str(PCAPS), str(PCAPS.parent)]
 
 from capfile import write_if_changed  # noqa: E402
-from crafted import CRAFTED  # noqa: E402
+import crafted  # noqa: E402
+import crafted_tcp  # noqa: E402
 from lab import LabError, LabPorts, SipLab  # noqa: E402
 
 README = PCAPS / "README.md"
@@ -43,6 +46,68 @@ LAB_FIXTURES = {
 }
 LAB_HOW = "SIPp -> Kamailio -> SIPp, tcpdump -i lo -s 0"
 CRAFTED_HOW = "scapy, fixed bytes"
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """A crafted capture: its file name, what README says it holds, its builder."""
+
+    name: str
+    holds: str
+    build: Callable[[], bytes]
+
+
+C, T = crafted, crafted_tcp
+CRAFTED = [
+    Fixture("frag-ipv4.pcap", "INVITE (3.4 KB SDP with ICE candidates) in 3 IPv4 "
+            "fragments arriving 3,1,2; a second INVITE whose last fragment never arrives",
+            C.build_frag_ipv4),
+    Fixture("frag-ipv6.pcap", "INVITE in 3 IPv6 fragments (fragment extension header) "
+            "arriving 2,3,1", C.build_frag_ipv6),
+    Fixture("vlan-dot1q.pcap", "802.1Q VLAN 100, priority 5", C.build_vlan),
+    Fixture("vlan-qinq.pcap", "QinQ: 802.1ad S-tag 300 over 802.1Q C-tag 100",
+            C.build_qinq),
+    Fixture("linux-sll2.pcap", "Linux cooked v2 (LINKTYPE 276), SIP on UDP 5080, "
+            "packet types outgoing/host", C.build_sll2),
+    Fixture("linux-sll.pcap", "Linux cooked v1 (LINKTYPE 113), IPv6", C.build_sll),
+    Fixture("two-interfaces.pcapng", "pcapng, interface 0 Ethernet (microseconds), "
+            "interface 1 raw IP (DLT 101, if_tsresol nanoseconds); two calls interleaved, "
+            "EPBs plus one SPB (the first call's 180: no timestamp), an EPB comment",
+            C.build_pcapng_two_interfaces),
+    Fixture("nanosecond.pcap", "pcap with nanosecond timestamps (magic a1b23c4d); the 180 "
+            "and 200 are 250 ns apart", C.build_nanosecond),
+    Fixture("big-endian.pcap", "pcap written big-endian (header and records)",
+            C.build_big_endian),
+    Fixture("raw-ipv4-dlt228.pcap", "LINKTYPE_IPV4 (228), SIP on UDP 5062",
+            C.build_raw_ipv4),
+    Fixture("raw-ipv6-dlt229.pcap", "LINKTYPE_IPV6 (229)", C.build_raw_ipv6),
+    Fixture("null-loopback.pcap", "BSD loopback/null (DLT 0): 4 IPv4 frames (AF 2) and "
+            "4 IPv6 frames (AF 24) of two calls' first messages", C.build_null_loopback),
+    Fixture("pppoe.pcap", "PPPoE session (0x8864) carrying PPP/IPv4", C.build_pppoe),
+    Fixture("gre-ip.pcap", "GRE (IPv4 outer 203.0.113.x) carrying IPv4/UDP",
+            C.build_gre_ip),
+    Fixture("gre-ethernet.pcap", "GRE transparent Ethernet bridging (0x6558) carrying "
+            "Ethernet/IPv4/UDP", C.build_gre_ethernet),
+    Fixture("ipip.pcap", "IPv4-in-IPv4 (protocol 4), SIP on UDP 5090", C.build_ipip),
+    Fixture("ipv6-in-ipv4.pcap", "IPv6-in-IPv4 (protocol 41, 6in4)",
+            C.build_ipv6_in_ipv4),
+    Fixture("ipv6-ext-headers.pcap", "IPv6 hop-by-hop and destination options headers "
+            "before UDP", C.build_ipv6_ext_headers),
+    Fixture("udp-noise-6060.pcap", "call on UDP 6060 amid 4 RTP packets, a STUN binding "
+            "request and CRLF keep-alive datagrams (non-SIP, to be skipped)",
+            C.build_udp_noise),
+    Fixture("tcp-multi-in-segment.pcap", "TCP on port 5080: 100+180+200 in one segment, "
+            "ACK+BYE in another", T.build_tcp_multi_in_segment),
+    Fixture("tcp-split-message.pcap", "TCP: INVITE over 6 segments (cut in the start "
+            "line, a header, the blank line, the body) with pure ACKs between; the 200 over "
+            "2 segments", T.build_tcp_split_message),
+    Fixture("tcp-out-of-order.pcap", "TCP: INVITE's 4 segments arrive 1,3,2,4 with 3 "
+            "retransmitted; the 180's 2 segments arrive reversed", T.build_tcp_out_of_order),
+    Fixture("tcp-keepalive-compact.pcap", "TCP over IPv6, compact header names (l: i: f: "
+            "t: v: m: c:), RFC 5626 CRLF keep-alives: alone, and a pong after a message",
+            T.build_tcp_keepalive_compact),
+]
+
 # The counting command (tests/test_fixtures.py runs the same one).
 TSHARK_COUNT = ["-o", "ip.defragment:TRUE", "-o", "ipv6.defragment:TRUE",
                 "-o", "tcp.desegment_tcp_streams:TRUE",

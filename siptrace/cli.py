@@ -32,6 +32,9 @@ def replay(
         None, "--duplicate-uri",
         help="Mirror traced messages: sip:host[:port] (UDP copy) and/or hep:host:port, "
              "comma-separated."),
+    hep_capture_id: int = typer.Option(
+        1, "--hep-capture-id", help="HEP capture agent id (module parameter hep_capture_id). "
+        "The auth key comes from SIPTRACE_HEP_AUTH_KEY."),
     decisions: Optional[Path] = typer.Option(
         None, "--decisions",
         help="Decisions recorded by `siptrace run --record-decisions`: store only what "
@@ -48,7 +51,8 @@ def replay(
     from siptrace.commands import replay_command
 
     replay_command(files, db_url=db_url, table=table, proxy=proxy,
-                   duplicate_uri=duplicate_uri, decisions=decisions,
+                   duplicate_uri=duplicate_uri, hep_capture_id=hep_capture_id,
+                   decisions=decisions,
                    progress=progress and sys.stderr.isatty())
 
 

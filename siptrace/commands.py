@@ -1,5 +1,6 @@
 """What the CLI commands do: build sources and sinks, run, print the outcome."""
 
+import os
 from pathlib import Path
 
 import typer
@@ -19,13 +20,14 @@ def check_capture_paths(files: list[Path]) -> list[Path]:
     return files
 
 
-def replay_command(files, *, db_url, table, proxy, duplicate_uri, decisions, progress):
+def replay_command(files, *, db_url, table, proxy, duplicate_uri, hep_capture_id, decisions,
+                   progress):
     from siptrace.store.process import ProcessWriter
 
     paths = check_capture_paths(files)
     proxies = ProxyAddresses.parse(proxy)
     tracer = _tracer(proxies, decisions)
-    mirror = _open_mirror(duplicate_uri)
+    mirror = _open_mirror(duplicate_uri, hep_capture_id)
     writer = ProcessWriter(db_url, table)
     bar = None
     try:
@@ -52,12 +54,14 @@ def _tracer(proxies: ProxyAddresses, decisions: Path | None):
     return DecisionReplayTracer.from_file(decisions, proxies)
 
 
-def _open_mirror(duplicate_uri: str | None):
+def _open_mirror(duplicate_uri: str | None, hep_capture_id: int):
     if not duplicate_uri:
         return None
     from siptrace.mirror import Mirror
 
-    return Mirror.from_uri(duplicate_uri)
+    # The auth key is a secret: from the environment, never the command line (ps).
+    auth_key = os.environ.get("SIPTRACE_HEP_AUTH_KEY") or None
+    return Mirror(duplicate_uri, hep_capture_id=hep_capture_id, hep_auth_key=auth_key)
 
 
 def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> None:
@@ -76,9 +80,10 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
     echo(f"incomplete fragments: {summary.fragments_incomplete}")
     echo(f"incomplete streams:  {summary.streams_incomplete}")
     if mirror_stats:
-        for dest, counts in mirror_stats.items():
-            echo(f"mirror {dest}: sent {counts['sent']}, failed {counts['failed']}, "
-                 f"dropped {counts['dropped']}")
+        from siptrace.mirror import format_stats
+
+        for line in format_stats(mirror_stats):
+            echo(line)
     echo(f"elapsed:             {summary.elapsed:.2f} s")
     echo(f"messages/s:          {summary.messages_per_second:,.0f}")
 

@@ -14,7 +14,6 @@ from conftest import PCAPS, missing, require_tool
 
 sys.path[:0] = [str(PCAPS)]
 import make_fixtures  # noqa: E402
-from crafted import CRAFTED  # noqa: E402
 import lab  # noqa: E402
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
@@ -72,7 +71,7 @@ def test_kamailio_captures_hold_whole_calls():
         assert table[name][1] == make_fixtures.LAB_CALLS * make_fixtures.LAB_MESSAGES_PER_CALL
 
 
-@pytest.mark.parametrize("fixture", CRAFTED, ids=lambda f: f.name)
+@pytest.mark.parametrize("fixture", make_fixtures.CRAFTED, ids=lambda f: f.name)
 def test_crafted_fixture_is_what_the_script_makes(fixture):
     built = fixture.build()
     assert built == fixture.build(), "not deterministic"

@@ -1,0 +1,279 @@
+"""The proxy's decisions: the Unix datagram socket, and their recording for replay.
+
+``DecisionSocket`` receives datagrams in a thread, parses them and queues
+``(rt_ns, Decision)`` pairs (``rt_ns``: when siptrace received it) for the
+capture loop, which applies them with ``Correlator.on_decision(decision, rt_ns)``.
+``DecisionRecorder`` writes what was queued, and on/off switches, as JSON lines;
+``read_recorded_decisions`` reads them back for ``siptrace replay --decisions``.
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+from collections import Counter, deque
+from decimal import Decimal, InvalidOperation
+
+from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same
+from siptrace.correlate.decision import (MAX_DECISION_BYTES, Decision, decision_from_object,
+                                         parse_decision)
+from siptrace.correlate.offline import RecordedEvent
+from siptrace.errors import ConfigError, DecodeError
+
+RECEIVE_BUFFER = 4 << 20  # SO_RCVBUF asked for: bursts of decisions while the loop is busy
+POLL_S = 0.2  # how often the reader thread looks at its stop flag
+FLUSH_S = 1.0  # the recording is flushed at least this often
+MAX_RECENT_ERRORS = 8
+NS = 10**9
+MAX_EPOCH_S = 10**11  # a receive time past this is garbage, not a date
+
+
+class DecisionSocket:
+    """A Unix datagram socket the proxy sends its decisions to; read in a thread.
+
+    ``stats``: datagrams, decisions (queued), malformed, oversize (also malformed),
+    dropped (queue full). ``recent_errors`` keeps the last reasons a datagram was
+    refused.
+    """
+
+    def __init__(self, path, *, mode: int = 0o660, max_queue: int = 100_000,
+                 recorder: "DecisionRecorder | None" = None, clock=time.time_ns,
+                 key: str = "decision_socket"):
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.max_queue = max_queue
+        self.recorder = recorder
+        self.clock = clock
+        self.key = key
+        self.stats: Counter = Counter()
+        self.recent_errors: deque[str] = deque(maxlen=MAX_RECENT_ERRORS)
+        self._queue: deque = deque()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._identity = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "DecisionSocket":
+        """Create the socket (ConfigError naming the key when it cannot) and start reading."""
+        sock = bind_unix_socket(self.path, socket.SOCK_DGRAM, self.mode, self.key)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            pass  # the kernel caps it at rmem_max; what we get is still used
+        sock.settimeout(POLL_S)
+        self._sock = sock
+        self._identity = socket_identity(self.path)
+        self._thread = threading.Thread(target=self._read_loop, name="siptrace-decisions",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> "DecisionSocket":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def drain(self, limit: int | None = None) -> list[tuple[int, Decision]]:
+        """The decisions received so far, oldest first: ``(rt_ns, decision)``."""
+        self._ready.clear()
+        queue = self._queue
+        count = len(queue) if limit is None else min(limit, len(queue))
+        out = [queue.popleft() for _ in range(count)]
+        if queue:
+            self._ready.set()
+        return out
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a decision is queued (True) or ``timeout`` seconds pass (False)."""
+        return self._ready.wait(timeout)
+
+    def close(self) -> None:
+        """Stop reading, close and remove the socket file (if it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            unlink_if_same(self.path, self._identity)
+        if self.recorder is not None:
+            self.recorder.flush()
+
+    def _read_loop(self) -> None:
+        sock, stats, stop = self._sock, self.stats, self._stop
+        while not stop.is_set():
+            try:
+                datagram = sock.recv(MAX_DECISION_BYTES + 1)
+            except socket.timeout:
+                if self.recorder is not None:
+                    self.recorder.flush_if_due()
+                continue
+            except OSError as exc:  # never expected on a bound datagram socket
+                stats["receive_errors"] += 1
+                self.recent_errors.append(f"receive: {exc.strerror or exc}")
+                stop.wait(POLL_S)
+                continue
+            self.accept(datagram, self.clock())
+
+    def accept(self, datagram: bytes, rt_ns: int) -> bool:
+        """Parse, count and queue one datagram (what the reader thread does with each)."""
+        stats = self.stats
+        stats["datagrams"] += 1
+        try:
+            decision = parse_decision(datagram)
+        except DecodeError as exc:
+            stats["malformed"] += 1
+            if len(datagram) > MAX_DECISION_BYTES:
+                stats["oversize"] += 1
+            self.recent_errors.append(str(exc))
+            return False
+        if len(self._queue) >= self.max_queue:
+            stats["dropped"] += 1
+            return False
+        if self.recorder is not None:
+            self.recorder.record_decision(rt_ns, decision)
+        self._queue.append((rt_ns, decision))
+        stats["decisions"] += 1
+        self._ready.set()
+        return True
+
+
+class DecisionRecorder:
+    """Appends decisions and on/off switches as JSON lines (``--record-decisions``).
+
+    Lines: ``{"rt": SECONDS, "decision": {...}}`` or ``{"rt": SECONDS, "trace_on": B}``,
+    ``rt`` the receive time in epoch seconds with nanoseconds. Thread-safe; write
+    errors are counted in ``stats["errors"]``, never raised.
+    """
+
+    def __init__(self, path, *, monotonic=time.monotonic):
+        self.path = os.fspath(path)
+        self.stats: Counter = Counter()
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"record_decisions: cannot open {self.path}: "
+                              f"{exc.strerror}") from None
+        self._flushed_at = monotonic()
+        self._dirty = False
+
+    def record_decision(self, rt_ns: int, decision: Decision) -> None:
+        self._write(rt_ns, "decision", decision.to_object())
+
+    def record_trace_on(self, rt_ns: int, on: bool) -> None:
+        """An on/off switch (and the state at start), applied at ``rt_ns``."""
+        self._write(rt_ns, "trace_on", bool(on))
+        self.flush()
+
+    def _write(self, rt_ns: int, field: str, value) -> None:
+        line = (f'{{"rt": {rt_ns // NS}.{rt_ns % NS:09d}, "{field}": '
+                f'{json.dumps(value, separators=(",", ":"))}}}\n')
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.write(line)
+            except OSError:
+                self.stats["errors"] += 1
+                return
+            self.stats["recorded"] += 1
+            self._dirty = True
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        if self._dirty and self._monotonic() - self._flushed_at >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.flush()
+            except OSError:
+                self.stats["errors"] += 1
+            self._dirty = False
+            self._flushed_at = self._monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    self.stats["errors"] += 1
+                self._file = None
+
+
+def read_recorded_decisions(path, stats: Counter | None = None):
+    """Events of a recording, in file order: an iterator of RecordedEvent.
+
+    Opens the file at once (ConfigError when it cannot); a bad line is counted in
+    ``stats["bad_lines"]`` and skipped.
+    """
+    path = os.fspath(path)
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"decisions: cannot read {path}: {exc.strerror}") from None
+    return _events(handle, Counter() if stats is None else stats)
+
+
+def _events(handle, stats: Counter):
+    with handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            event = _event(line)
+            if event is None:
+                stats["bad_lines"] += 1
+            else:
+                stats["decisions" if event.decision is not None else "switches"] += 1
+                yield event
+
+
+def _event(line: str) -> RecordedEvent | None:
+    try:
+        obj = json.loads(line, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    rt = obj.get("rt")
+    if isinstance(rt, bool) or not isinstance(rt, (int, Decimal)):
+        return None
+    try:
+        if not 0 <= rt < MAX_EPOCH_S:
+            return None
+        rt_ns = int(rt * NS)
+    except InvalidOperation:  # NaN
+        return None
+    if "decision" in obj:
+        try:
+            return RecordedEvent(rt_ns, decision=decision_from_object(_floats(obj["decision"])))
+        except DecodeError:
+            return None
+    if isinstance(obj.get("trace_on"), bool):
+        return RecordedEvent(rt_ns, trace_on=obj["trace_on"])
+    return None
+
+
+def _floats(value):
+    """Decimals (read exactly for ``rt``) back to floats inside a decision."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return value
