@@ -148,9 +148,13 @@ def _count_rows(db: Path) -> int:
 
 
 def _status(control: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "siptrace.cli", "status", "--control-socket",
-                          str(control), "--json"], capture_output=True, timeout=10)
-    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+    from siptrace.control import send_command
+    from siptrace.errors import SiptraceError
+
+    try:
+        return send_command(control, "status")["status"]
+    except SiptraceError:
+        return {}
 
 
 def bench_rate(rate: int, duration: float, workdir: Path) -> dict:
@@ -158,7 +162,7 @@ def bench_rate(rate: int, duration: float, workdir: Path) -> dict:
     db = workdir / f"live-{rate}.db"
     db.unlink(missing_ok=True)
     control = workdir / f"control-{rate}.sock"
-    argv = [sys.executable, "-m", "siptrace.cli", "run", "--interface", "lo",
+    argv = [str(Path(sys.executable).parent / "siptrace"), "run", "--interface", "lo",
             "--proxy", f"{PROXY[0]}:{PROXY[1]}", "--trace-all", "--trace-on", "1",
             "--db-url", f"sqlite:///{db}", "--decision-socket", str(workdir / "decisions.sock"),
             "--control-socket", str(control)]

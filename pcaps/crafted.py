@@ -50,9 +50,10 @@ def stamped(frames: list[bytes], hour: int, step_ns: int = FRAME_STEP_NS):
 
 
 def ip_udp(src: Endpoint, dst: Endpoint, payload: bytes, ip_id: int = 1) -> Packet:
+    udp = UDP(sport=src.port, dport=dst.port) / Raw(payload)
     if src.family == 6:
-        return IPv6(src=src.ip, dst=dst.ip, hlim=64) / UDP(sport=src.port, dport=dst.port) / Raw(payload)
-    return IP(src=src.ip, dst=dst.ip, id=ip_id, ttl=64) / UDP(sport=src.port, dport=dst.port) / Raw(payload)
+        return IPv6(src=src.ip, dst=dst.ip, hlim=64) / udp
+    return IP(src=src.ip, dst=dst.ip, id=ip_id, ttl=64) / udp
 
 
 def udp_call(call_id: str, a: Endpoint, b: Endpoint, **kw) -> list[Packet]:

@@ -75,6 +75,74 @@ def show(
     show_command(db_url=db_url, table=table, callid=callid, limit=limit, full=full)
 
 
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="INI file, section \\[siptrace]; keys as these options "
+        "(file < SIPTRACE_* environment < command line)."),
+    interface: Optional[List[str]] = typer.Option(
+        None, "--interface", "-i", help="Capture interface, repeatable; 'any' for all."),
+    proxy: Optional[List[str]] = typer.Option(
+        None, "--proxy", help="The proxy's address: IP (every port; use this with TCP), "
+        "IP:PORT or [IPv6]:PORT. Repeatable. Builds the capture filter and sets in/out."),
+    db_url: Optional[str] = typer.Option(None, "--db-url", help=DB_URL_HELP),
+    table: Optional[str] = typer.Option(None, "--table", help=TABLE_HELP),
+    trace_flag: Optional[int] = typer.Option(
+        None, "--trace-flag", help="Module parameter trace_flag: the flag (0..31) that "
+        "marks a transaction for tracing in the proxy's decisions. Default 0."),
+    trace_on: Optional[str] = typer.Option(
+        None, "--trace-on", help="Module parameter trace_on: 1/on to trace from the start "
+        "(default 0); `siptrace on|off` switches it at run time."),
+    traced_user_avp: Optional[int] = typer.Option(
+        None, "--traced-user-avp", help="Module parameter traced_user_avp (default 6843): "
+        "one more row per value of this AVP; 0 for none."),
+    duplicate_uri: Optional[List[str]] = typer.Option(
+        None, "--duplicate-uri", help="Module parameter duplicate_uri: sip:host[:port] "
+        "(UDP copy) and/or hep:host[:port] (HEPv3). Repeatable."),
+    decision_socket: Optional[str] = typer.Option(
+        None, "--decision-socket", help="Unix datagram socket for the proxy's decisions "
+        "(default /run/siptrace/decisions.sock, mode 0660)."),
+    control_socket: Optional[str] = typer.Option(
+        None, "--control-socket", help="Unix socket for `siptrace on|off|status` "
+        "(default /run/siptrace/control.sock, mode 0600)."),
+    record_decisions: Optional[str] = typer.Option(
+        None, "--record-decisions", help="Append every decision received (JSON lines, with "
+        "receive time) for `siptrace replay --decisions`."),
+    grace: Optional[str] = typer.Option(
+        None, "--grace", help="How long a packet waits for its decision (default 2 s; "
+        "e.g. 0.5, 500ms)."),
+    trace_all: Optional[bool] = typer.Option(
+        None, "--trace-all/--no-trace-all", help="Store every SIP message to or from the "
+        "proxy, no decisions needed."),
+    hep_capture_id: Optional[int] = typer.Option(
+        None, "--hep-capture-id", help="HEP capture agent id (default 1). The auth key "
+        "comes from the file or SIPTRACE_HEP_AUTH_KEY."),
+    spool_dir: Optional[str] = typer.Option(
+        None, "--spool-dir", help="Keep rows here while the database is down."),
+    spool_max_bytes: Optional[str] = typer.Option(
+        None, "--spool-max-bytes", help="Spool bound (default 1G)."),
+):
+    """Capture the proxy's SIP traffic live; store what its decisions say to trace.
+
+    Runs beside the proxy until SIGTERM or SIGINT, then stores every row pending.
+    Needs root or CAP_NET_RAW (+ CAP_NET_ADMIN for a large capture buffer).
+
+    Example:
+
+      siptrace run -i eth0 --proxy 10.0.0.1 --trace-flag 22 --trace-on 1 --db-url sqlite:///t.db
+    """
+    from siptrace.sidecar import run_command
+
+    run_command(config, {
+        "interface": interface or None, "proxy": proxy or None, "db_url": db_url,
+        "table": table, "trace_flag": trace_flag, "trace_on": trace_on,
+        "traced_user_avp": traced_user_avp, "duplicate_uri": duplicate_uri or None,
+        "decision_socket": decision_socket, "control_socket": control_socket,
+        "record_decisions": record_decisions, "grace": grace, "trace_all": trace_all,
+        "hep_capture_id": hep_capture_id, "spool_dir": spool_dir,
+        "spool_max_bytes": spool_max_bytes})
+
+
 def main() -> None:
     """Console entry point: library errors become one line and exit status 1."""
     try:

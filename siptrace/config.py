@@ -156,7 +156,7 @@ def _mirrors(text: str) -> tuple[str, ...]:
     for item in items:
         scheme, _, rest = item.partition(":")
         if scheme.lower() not in ("sip", "hep") or not rest.strip("/"):
-            raise _bad_item(items, item, "sip:host[:port] or hep:host:port")
+            raise _bad_item(items, item, "sip:host[:port] or hep:host[:port]")
     return items
 
 

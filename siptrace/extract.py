@@ -107,7 +107,11 @@ class SipExtractor:
         return []
 
     def finish(self) -> list[WireMessage]:
-        """End of input: what the stream framers can still complete."""
+        """End of input: what the stream framers can still complete.
+
+        Fragment sets still incomplete are counted as timed out.
+        """
+        self.decoder.expire()
         return self._other_streams(self.streams.finish())
 
     def _other_streams(self, framed) -> list[WireMessage]:

@@ -1,149 +1,171 @@
 """`siptrace run`: live capture beside the proxy, its decisions, the sinks.
 
-Threads: one captures (LiveCapture -> a bounded queue of record batches, never
-waiting on anything downstream), the decision and control sockets have their own,
-the BatchWriter and the Mirror send from theirs. One processing loop owns the
-SipExtractor and the Correlator: records and decisions in, rows and copies out.
-SIGTERM/SIGINT stop the capture, give late decisions one grace window, store
-every row still pending, then exit.
+Threads: one captures (LiveCapture -> a bounded queue of record batches; it never
+waits on anything downstream), the decision and control sockets read in theirs,
+the BatchWriter writes from its own, the Mirror hands copies to its worker. One
+processing loop owns the SipExtractor and the Correlator: records and decisions in,
+rows and copies out. SIGTERM/SIGINT stop the capture, give late decisions one grace
+window to claim what waits, store every row still pending, then return.
 """
 
-import json
 import queue
 import signal
 import threading
 import time
-from collections import Counter, deque
-from pathlib import Path
-from typing import Callable
+from collections import Counter
 
 from siptrace.capture.live import LiveCapture, build_filter
+from siptrace.config import Settings
+from siptrace.control import ControlServer, DecisionRecorder, DecisionSocket
 from siptrace.correlate.correlator import Correlator
-from siptrace.correlate.decision import parse_decision
-from siptrace.direction import ProxyAddresses
-from siptrace.errors import DecodeError
+from siptrace.direction import ProxyAddresses, normalize_ip
 from siptrace.extract import SipExtractor
 from siptrace.rows import trace_rows
-from siptrace.store.urls import parse_db_url, redact_url
+from siptrace.store import BatchWriter, TraceStore, parse_db_url
+from siptrace.store.urls import redact_url
 
-SECOND = 1_000_000_000
-CAPTURE_POLL = 0.2  # seconds the capture thread waits for packets before checking stop
-CAPTURE_QUEUE_BATCHES = 1024  # batches (of up to MAX_BATCH packets each) between threads
-MAX_DECISIONS_QUEUED = 100_000
-TICK_NS = SECOND // 10  # how often time-outs are checked and rows handed to the writer
+CAPTURE_POLL_S = 0.2  # the capture thread looks at its stop flag this often
+CAPTURE_QUEUE_BATCHES = 1024  # record batches (up to live.MAX_BATCH each) between threads
+LOOP_WAIT_S = 0.05  # the processing loop waits this long for packets before other work
+TICK_NS = 100_000_000  # time-outs checked and rows handed to the writer every 0.1 s
 ROWS_PER_PUT = 1000
 
 
 class Sidecar:
-    """One `siptrace run`: build with the settings, ``run()`` until ``stop()``.
+    """One `siptrace run`: built from Settings, ``run()`` until ``stop()`` or a signal.
 
-    Everything that can fail on bad settings (filter, interfaces, sockets,
-    database URL, mirror hosts) fails in the constructor, as one ConfigError or
-    SiptraceError line. ``status()`` may be called from any thread.
+    Everything bad settings can break (interfaces, filter, sockets, database URL,
+    mirror hosts) fails in the constructor as one ConfigError/SiptraceError line,
+    with whatever was already opened closed again. ``status()`` and
+    ``set_trace_on()`` may be called from any thread (the control socket's).
     """
 
-    def __init__(self, settings, *, writer, mirror=None, decision_socket=None,
-                 control_socket=None, record_decisions: Path | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.writer = writer
-        self.mirror = mirror
-        self.stats: Counter = Counter()
+        self.stats: Counter = Counter()  # capture_queue_drops, mirror_copies_seen, rows
+        self._stop = threading.Event()
+        self._records: queue.Queue = queue.Queue(CAPTURE_QUEUE_BATCHES)
+        self._switches: list[tuple[bool, int]] = []
+        self._switch_lock = threading.Lock()
+        self._rows: list = []
+        self._trace_on = settings.trace_on
+        self._opened: list = []  # closed in reverse order on a failed start
+        try:
+            self._build(settings)
+        except BaseException:
+            for thing in reversed(self._opened):
+                thing.close()
+            raise
+
+    def _build(self, settings: Settings) -> None:
         proxy = ProxyAddresses.parse(settings.proxy)
+        self.extractor = SipExtractor()
         self.correlator = Correlator(
             proxy, trace_flag=settings.trace_flag, traced_user_avp=settings.traced_user_avp,
             trace_on=settings.trace_on, trace_all=settings.trace_all,
-            grace_ns=int(settings.grace * SECOND))
-        self.extractor = SipExtractor()
-        self._mirror_targets = frozenset(mirror.mirror_addresses()) if mirror else frozenset()
-        exclude = list(self._mirror_targets) + _database_endpoint(settings.db_url)
-        self.capture = LiveCapture(settings.interface, build_filter(
-            _proxy_pairs(proxy), exclude=exclude))
-        self._records: queue.Queue = queue.Queue(CAPTURE_QUEUE_BATCHES)
-        self._decisions: deque = deque()
-        self._switches: deque = deque()
-        self._stop = threading.Event()
-        self._trace_on = bool(settings.trace_on)
-        self._record = open(record_decisions, "a", encoding="utf-8") if record_decisions else None
-        self.decision_socket = decision_socket
-        self.control_socket = control_socket
+            grace_ns=settings.grace_ns)
+        db_endpoint = _database_endpoint(settings.db_url)
+        self.mirror = None
+        if settings.duplicate_uri:
+            from siptrace.mirror import Mirror
+
+            self.mirror = Mirror(list(settings.duplicate_uri),
+                                 hep_capture_id=settings.hep_capture_id,
+                                 hep_auth_key=settings.hep_auth_key or None)
+            self._opened.append(self.mirror)
+        self._mirror_targets = frozenset(self.mirror.mirror_addresses()) if self.mirror \
+            else frozenset()
+        self.filter = build_filter(_proxy_pairs(proxy),
+                                   exclude=sorted(self._mirror_targets) + db_endpoint)
+        self.capture = LiveCapture(settings.interface or ("any",), self.filter)
+        self._opened.append(self.capture)
+        self.recorder = None
+        if settings.record_decisions:
+            self.recorder = DecisionRecorder(settings.record_decisions)
+            self._opened.append(self.recorder)
+        self.decisions = DecisionSocket(settings.decision_socket, recorder=self.recorder)
+        store = TraceStore(settings.db_url, settings.table)
+        self.writer = BatchWriter(store, spool=settings.spool_dir or None,
+                                  spool_max_bytes=settings.spool_max_bytes)
+        self._opened.append(self.writer)
+        self.decisions.start()
+        self._opened.append(self.decisions)
+        if self.recorder is not None:
+            self.recorder.record_trace_on(time.time_ns(), settings.trace_on)
+        # Last: once the control socket answers, everything is capturing.
+        self.control = ControlServer(settings.control_socket, switch=self.set_trace_on,
+                                     status=self.status)
+        self.control.start()
+        self._opened.append(self.control)
         self._capture_thread = threading.Thread(target=self._capture_loop,
                                                 name="siptrace-capture", daemon=True)
+        self._capture_thread.start()
 
-    # -- inputs from other threads ------------------------------------------------------
-    def on_datagram(self, datagram: bytes) -> None:
-        """A decision datagram (decision socket thread); never blocks."""
-        received_ns = time.time_ns()
-        if len(self._decisions) >= MAX_DECISIONS_QUEUED:
-            self.stats["decisions_dropped"] += 1
-            return
-        self._decisions.append((datagram, received_ns))
-
+    # -- from other threads -------------------------------------------------------------
     def set_trace_on(self, on: bool) -> None:
         """`siptrace on|off`: messages captured from now on follow the new state."""
-        self._trace_on = bool(on)
-        self._switches.append((bool(on), time.time_ns()))
+        at_ns = time.time_ns()
+        with self._switch_lock:
+            self._trace_on = bool(on)
+            self._switches.append((bool(on), at_ns))
+        if self.recorder is not None:
+            self.recorder.record_trace_on(at_ns, on)
 
     def stop(self) -> None:
         self._stop.set()
 
-    # -- the loops ----------------------------------------------------------------------------
     def _capture_loop(self) -> None:
-        read, put = self.capture.read, self._records.put_nowait
-        stop = self._stop
+        read, put, stop = self.capture.read, self._records.put_nowait, self._stop
         while not stop.is_set():
-            records = read(CAPTURE_POLL)
+            records = read(CAPTURE_POLL_S)
             if records:
                 try:
                     put(records)
                 except queue.Full:
                     self.stats["capture_queue_drops"] += len(records)
 
-    def run(self, install_signals: bool = True) -> None:
-        """Captures and traces until stop() or SIGTERM/SIGINT; then stores what is pending."""
+    # -- the processing loop ----------------------------------------------------------
+    def run(self, install_signals: bool = True) -> dict:
+        """Trace until stop() or SIGTERM/SIGINT; store what is pending; the final status."""
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        for server in (self.decision_socket, self.control_socket):
-            if server is not None:
-                server.start()
-        self._capture_thread.start()
+        get, stop = self._records.get, self._stop
         next_tick = 0
-        get = self._records.get
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
-                    records = get(timeout=0.05)
+                    records = get(timeout=LOOP_WAIT_S)
                 except queue.Empty:
                     records = None
                 now = time.time_ns()
-                self._apply_inputs(now)
+                self._apply_inputs()
                 if records:
                     self._process(records, now)
                 if now >= next_tick:
                     next_tick = now + TICK_NS
-                    self._tick(now)
+                    self.correlator.tick(now)
+                    self._flush_rows()
         finally:
             self._shutdown()
+        return self.status()
 
     def _process(self, records, now_ns: int) -> None:
-        feed, on_packet = self.extractor.feed, self.correlator.on_packet
+        feed, on_packet, emit = self.extractor.feed, self.correlator.on_packet, self._emit
         targets = self._mirror_targets
         for ts_ns, linktype, data in records:
             for wire in feed(ts_ns, linktype, data):
                 if targets and (wire.dst, wire.dport) in targets:
-                    self.stats["own_copies"] += 1  # a mirror copy's late fragments
+                    self.stats["mirror_copies_seen"] += 1  # late fragments of our own copy
                     continue
                 traced = on_packet(wire, now_ns)
                 if traced:
-                    self._emit(traced)
+                    emit(traced)
         if len(self._rows) >= ROWS_PER_PUT:
             self._flush_rows()
 
-    _rows: list = []
-
     def _emit(self, traced) -> None:
-        rows = self._rows
-        mirror = self.mirror
+        rows, mirror = self._rows, self.mirror
         for wire, direction, users in traced:
             rows += trace_rows(wire, direction, users)
             if mirror is not None:
@@ -155,39 +177,23 @@ class Sidecar:
             self.writer.put(self._rows)
             self._rows = []
 
-    def _apply_inputs(self, now_ns: int) -> None:
+    def _apply_inputs(self) -> None:
+        """On/off switches, then decisions, in the order they came."""
         correlator = self.correlator
-        while self._switches:
-            on, at_ns = self._switches.popleft()
-            correlator.set_trace_on(on, at_ns)
-        decisions = self._decisions
-        while decisions:
-            datagram, received_ns = decisions.popleft()
-            try:
-                decision = parse_decision(datagram)
-            except DecodeError as exc:
-                self.stats["decisions_malformed"] += 1
-                self.stats["last_malformed"] = 0  # keep the key; text below
-                self.last_malformed = str(exc)
-                continue
-            if self._record is not None:
-                self._record.write(json.dumps({"received": received_ns / SECOND,
-                                               "decision": decision.to_object()}) + "\n")
-            traced = correlator.on_decision(decision, received_ns)
-            if traced:
-                self._emit(traced)
-
-    def _tick(self, now_ns: int) -> None:
-        traced = self.correlator.tick(now_ns)
-        if traced:
-            self._emit(traced)
-        self._flush_rows()
-        if self._record is not None:
-            self._record.flush()
+        if self._switches:
+            with self._switch_lock:
+                switches, self._switches = self._switches, []
+            for on, at_ns in switches:
+                correlator.set_trace_on(on, at_ns)
+        if len(self.decisions):
+            for rt_ns, decision in self.decisions.drain():
+                traced = correlator.on_decision(decision, rt_ns)
+                if traced:
+                    self._emit(traced)
 
     def _shutdown(self) -> None:
-        """Stop capturing; let decisions claim what waits (one grace); store everything."""
-        self._capture_thread.join(CAPTURE_POLL * 5)
+        """Stop capturing, let decisions claim what waits, store and close everything."""
+        self._capture_thread.join(CAPTURE_POLL_S * 10)
         self.capture.close()
         while True:
             try:
@@ -197,66 +203,95 @@ class Sidecar:
         now = time.time_ns()
         for wire in self.extractor.finish():
             self._emit(self.correlator.on_packet(wire, now))
-        deadline = now + int(self.settings.grace * SECOND)
+        deadline = now + self.settings.grace_ns
         while self.correlator.sizes()["pending_packets"] and time.time_ns() < deadline:
-            self._apply_inputs(time.time_ns())
-            time.sleep(0.02)
-        self._apply_inputs(time.time_ns())
-        self._emit(self.correlator.finish(time.time_ns()))
+            self.decisions.wait(LOOP_WAIT_S)
+            self._apply_inputs()
+            self.correlator.tick(time.time_ns())
+        self.decisions.close()
+        self._apply_inputs()
+        self.correlator.finish(time.time_ns())
         self._flush_rows()
-        if self.decision_socket is not None:
-            self.decision_socket.close()
         self.writer.close()
         if self.mirror is not None:
             self.mirror.close()
-        if self._record is not None:
-            self._record.close()
-        if self.control_socket is not None:
-            self.control_socket.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        self.control.close()
 
-    # -- status -------------------------------------------------------------------------------
+    # -- status ------------------------------------------------------------------------
     def status(self) -> dict:
-        """Trace state and counters, as `siptrace status` shows them."""
-        c = self.correlator.stats
+        """Trace state and counters, as `siptrace status` shows them (no secrets)."""
+        correlator = self.correlator.stats
         capture = self.capture.stats
+        decisions = self.decisions.stats
         writer = self.writer.stats
         out = {
             "trace": "on" if self._trace_on else "off",
-            "traced_requests": c["traced_requests"],
-            "traced_replies": c["traced_replies"],
+            "traced_requests": correlator["traced_requests"],
+            "traced_replies": correlator["traced_replies"],
             "rows_stored": writer["rows_written"],
             "rows_pending": writer["pending"] + len(self._rows),
             "packets_captured": capture["packets"],
             "kernel_drops": capture["kernel_drops"],
             "capture_queue_drops": self.stats["capture_queue_drops"],
             "sip_messages": self.extractor.stats["sip_messages"],
-            "decisions_received": c["decisions"] + self.stats["decisions_malformed"],
-            "decisions_malformed": self.stats["decisions_malformed"],
-            "decisions_unmatched": c["unmatched_decisions"],
-            "decisions_matched": c["matched"],
-            "packets_unclaimed": c["unclaimed_packets"],
-            "spooled": writer["spooled"],
+            "decisions_received": decisions["datagrams"],
+            "decisions_malformed": decisions["malformed"],
+            "decisions_dropped": decisions["dropped"],
+            "decisions_matched": correlator["matched"],
+            "decisions_unmatched": correlator["unmatched_decisions"],
+            "packets_unclaimed": correlator["unclaimed_packets"],
+            "rows_spooled": writer["spooled"],
             "spool_depth": writer["spool_depth"],
             "rows_dropped": writer["dropped"],
             "db_url": redact_url(self.settings.db_url),
+            "table": self.settings.table,
             "interfaces": self.capture.interfaces,
+            "capture_filter": self.filter,
+            **self.correlator.sizes(),
         }
+        if writer.get("last_error"):
+            out["db_last_error"] = writer["last_error"]
         if self.mirror is not None:
             out["mirror"] = self.mirror.stats()
+        if self.decisions.recent_errors:
+            out["decisions_last_error"] = self.decisions.recent_errors[-1]
         return out
 
 
+def run(settings: Settings, install_signals: bool = True) -> dict:
+    """`siptrace run` as a function: trace until SIGTERM/SIGINT; the final status."""
+    return Sidecar(settings).run(install_signals)
+
+
 def _proxy_pairs(proxy: ProxyAddresses) -> list[tuple[str | None, int | None]]:
-    return [(ip, None) for ip in proxy.hosts] + sorted(proxy.endpoints)
+    return [(ip, None) for ip in sorted(proxy.hosts)] + sorted(proxy.endpoints)
 
 
 def _database_endpoint(db_url: str) -> list[tuple[str, int]]:
-    """The database server, if it is an IP address: its traffic is never captured."""
+    """A database server given by IP address: its traffic is kept out of the capture."""
     url = parse_db_url(db_url)
-    if url.host and url.port:
-        from siptrace.direction import normalize_ip
+    ip = normalize_ip(url.host) if url.host else None
+    return [(ip, url.port)] if ip and url.port else []
 
-        ip = normalize_ip(url.host)
-        if ip is not None:
-            return [(ip, url.port)]
-    return []
+
+def run_command(config_path, cli_overrides: dict) -> None:
+    """`siptrace run`: settings (file < environment < command line), run, summary."""
+    import sys
+
+    from siptrace.config import load_settings
+
+    settings = load_settings(config_path, cli_overrides=cli_overrides)
+    sidecar = Sidecar(settings)
+    print(f"siptrace: capturing on {', '.join(sidecar.capture.interfaces)}; "
+          f"trace {'on' if settings.trace_on else 'off'}"
+          f"{' (all messages)' if settings.trace_all else ''}; "
+          f"decisions at {settings.decision_socket}; control at {settings.control_socket}; "
+          f"storing to {redact_url(settings.db_url)}", file=sys.stderr, flush=True)
+    final = sidecar.run()
+    for key in ("packets_captured", "kernel_drops", "capture_queue_drops", "sip_messages",
+                "decisions_received", "decisions_malformed", "decisions_unmatched",
+                "packets_unclaimed", "traced_requests", "traced_replies", "rows_stored",
+                "rows_spooled", "rows_dropped"):
+        print(f"{key + ':':22}{final[key]}")

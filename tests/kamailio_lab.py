@@ -21,7 +21,7 @@ KIT = REPO / "contrib" / "kamailio"
 KAMAILIO_CFG = KIT / "kamailio.cfg"
 KAMAILIO_KIT = KIT / "siptrace_decisions.py"
 APP_PYTHON3 = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/app_python3.so")
-SIPTRACE = [sys.executable, "-m", "siptrace.cli"]
+SIPTRACE = [str(Path(sys.executable).parent / "siptrace")]
 READY_TIMEOUT = 15.0  # seconds a process gets to start listening
 CALL_TIMEOUT = 30  # seconds SIPp gets for its calls
 

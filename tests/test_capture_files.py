@@ -1,28 +1,16 @@
 """Capture file reading: pcap/pcapng variants, checked against tshark; bad files."""
 
-import os
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import REAL_PCAPS, real_pcaps, require_tool
 from siptrace.capture.files import CaptureFile, open_capture
 from siptrace.errors import CaptureFormatError, TruncatedCapture
 
-REAL_PCAPS = Path(__file__).resolve().parents[2] / "shared" / "real-pcaps"
 SHB, IDB, SPB, EPB = 0x0A0D0D0A, 1, 3, 6
-
-
-def need_tool(name: str) -> str:
-    """The tool's path; under CI a missing tool fails the test, elsewhere it skips."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (make test installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def sip_frame(i: int) -> bytes:
@@ -88,7 +76,7 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
 
 def tshark_frames(path: Path) -> list[tuple[str, int]]:
     """(capture time as tshark prints it, captured length) per frame."""
-    out = subprocess.run([need_tool("tshark"), "-n", "-r", str(path), "-T", "fields",
+    out = subprocess.run([require_tool("tshark"), "-n", "-r", str(path), "-T", "fields",
                           "-e", "frame.time_epoch", "-e", "frame.cap_len"],
                          capture_output=True, text=True, check=True).stdout
     return [(t, int(n)) for t, n in (line.split("\t") for line in out.splitlines())]
@@ -287,22 +275,17 @@ def test_header_only_file_has_no_records(tmp_path):
     assert list(open_capture(write(tmp_path, "e.pcapng", ng_section(">")))) == []
 
 
-def real_pcaps() -> list[Path]:
-    paths = sorted(p for p in REAL_PCAPS.glob("*.pcap*"))
-    if not paths:
-        pytest.fail(f"no captures in {REAL_PCAPS}")
-    return paths
-
-
-def test_every_real_capture_reads_like_tshark():
-    for path in real_pcaps():
+def test_every_real_capture_reads_like_tshark(real_pcaps_dir):
+    paths = real_pcaps()
+    assert len(paths) >= 20
+    for path in paths:
         capture = CaptureFile(path)
         records = list(capture)
         assert capture.position == capture.size
         assert tshark_frames(path) == [(epoch_text(ts), len(d)) for ts, _, d in records], path
 
 
-def test_pcapng_twin_holds_the_same_records():
+def test_pcapng_twin_holds_the_same_records(real_pcaps_dir):
     pcap = list(open_capture(REAL_PCAPS / "MichalCab_ISA__sip.pcap"))
     pcapng = list(open_capture(REAL_PCAPS / "MichalCab_ISA__sip.pcap.pcapng"))
     assert len(pcap) == 175 and pcapng == pcap

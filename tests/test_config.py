@@ -113,7 +113,7 @@ def test_bad_value_in_the_environment():
     ("proxy", ["10.0.0.1", "10.0.0.2:x"], "proxy: '10.0.0.1 10.0.0.2:x' has '10.0.0.2:x', not "
                                           "IP, IP:PORT or [IPv6]:PORT (from --proxy)"),
     ("duplicate_uri", "udp:10.0.0.1", "duplicate_uri: 'udp:10.0.0.1' is not sip:host[:port] "
-                                      "or hep:host:port (from --duplicate-uri)"),
+                                      "or hep:host[:port] (from --duplicate-uri)"),
     ("spool_max_bytes", "lots", "spool_max_bytes: 'lots' is not a size in bytes (e.g. "
                                 "1073741824, 512M, 2G) (from --spool-max-bytes)"),
     ("decision_socket", " ", "decision_socket: ' ' is empty (from --decision-socket)"),

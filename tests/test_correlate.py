@@ -557,3 +557,59 @@ def test_offline_applies_recorded_switches():
     out = correlate_offline(correlator(), flow.wires.values(), events)
     assert [(flow.names[id(t.wire)], t.direction) for t in out] == \
         [(n, d) for n, d, _ in TRANSACTION_ROWS[:4]]
+
+
+# -- robustness ----------------------------------------------------------------------------
+
+HOPS = [UAC, PROXY, UAS]
+BRANCHES = ["z9hG4bKa", "z9hG4bKb", "z9hG4bKc", ""]
+
+
+def random_message(i, data):
+    f = Flow(callid=data.draw(st.sampled_from(["c1", "c2"])))
+    src, dst = data.draw(st.sampled_from([(a, b) for a in HOPS for b in HOPS]))
+    vias = [((src if k == 0 else UAC), b) for k, b in enumerate(
+        data.draw(st.lists(st.sampled_from(BRANCHES), min_size=1, max_size=3)))]
+    method = data.draw(st.sampled_from(["INVITE", "ACK", "CANCEL", "BYE"]))
+    cseq = data.draw(st.integers(1, 2))
+    t_ms = i * data.draw(st.integers(0, 900))
+    if data.draw(st.booleans()):
+        f.request("m", t_ms, src, dst, method, vias, cseq=cseq)
+    else:
+        f.reply("m", t_ms, src, dst, data.draw(st.sampled_from([100, 180, 200, 487])),
+                vias, cseq=cseq, method=method)
+    return f
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_any_mix_of_messages_and_decisions_keeps_the_invariants(data):
+    c = correlator(max_pending_packets=5, max_pending_decisions=5, max_transactions=5,
+                   grace_ns=SECOND)
+    fed = set()
+    now = BASE_NS
+    for i in range(data.draw(st.integers(1, 25))):
+        f = random_message(i, data)
+        wire = f.wires["m"]
+        action = data.draw(st.sampled_from(["packet", "decision", "both", "tick", "switch"]))
+        now = max(now, wire.ts_ns) + data.draw(st.integers(0, 3 * SECOND))
+        out = []
+        if action in ("packet", "both"):
+            fed.add(id(wire))
+            out += c.on_packet(wire, now)
+        if action in ("decision", "both"):
+            flags = data.draw(st.sampled_from([0, FLAGGED]))
+            out += c.on_decision(f.decision("m", flags=flags, trace=data.draw(st.booleans()),
+                                            users=("u",)), now)
+        if action == "tick":
+            out += c.tick(now)
+        if action == "switch":
+            c.set_trace_on(data.draw(st.booleans()), now)
+        assert all(id(t.wire) in fed and t.direction in ("in", "out") for t in out)
+        sizes = c.sizes()
+        assert 0 <= sizes["pending_packets"] <= 5 and 0 <= sizes["pending_decisions"] <= 5
+        assert sizes["transactions"] <= 5
+    c.finish(now)
+    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0}
+    assert c.stats["matched"] + c.stats["unmatched_decisions"] + \
+        c.stats["evicted_decisions"] == c.stats["decisions"]

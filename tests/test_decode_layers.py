@@ -4,10 +4,9 @@ Packets are built with scapy; crafted and real captures are checked against
 tshark's own dissection (innermost addresses, ports, payload, capture time).
 """
 
-import os
-import shutil
 import struct
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,28 +19,18 @@ from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import ARP, GRE, GRE_PPTP, LLC, CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
-from scapy.utils import wrpcap
 
+from conftest import REAL_PCAPS, real_pcaps, require_tool
 from siptrace.capture.files import open_capture
 from siptrace.decode.fragments import FragmentReassembler
 from siptrace.decode.layers import PacketDecoder
 from siptrace.decode.packet import ACK, PSH, SYN, TCP as TCP_PROTO, UDP as UDP_PROTO
 from siptrace.errors import DecodeError, TruncatedPacket
 
-REAL_PCAPS = Path(__file__).resolve().parents[2] / "shared" / "real-pcaps"
 SIP = b"OPTIONS sip:alice@example.org SIP/2.0\r\nCall-ID: x1\r\nContent-Length: 0\r\n\r\n"
 S4, D4 = "192.0.2.10", "198.51.100.20"
 S6, D6 = "2001:db8::a", "2001:db8:0:1::14"
 TS = 1_700_000_000_000_000_000
-
-
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (make test installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def ether(**kw):
@@ -385,8 +374,6 @@ def test_inconsistent_fragments_are_malformed():
 
 
 def test_reassembler_coverage_with_gaps_and_touching_pieces():
-    stats = {}
-    from collections import Counter
     stats = Counter()
     reassembler = FragmentReassembler(10, 10, 1 << 20, stats)
     key = (4, "a", "b", 17, 1)
@@ -419,7 +406,7 @@ def tshark_transport(path: Path) -> dict[int, tuple]:
     Frames with ICMP are left out: tshark also dissects the datagram an ICMP
     error quotes, which was never sent as such.
     """
-    command = [need_tool("tshark"), "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=l"]
+    command = [require_tool("tshark"), "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=l"]
     for field in TSHARK_FIELDS:
         command += ["-e", field]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -455,13 +442,6 @@ def decoded(path: Path) -> dict[int, tuple]:
     return frames
 
 
-def real_pcaps() -> list[Path]:
-    paths = sorted(REAL_PCAPS.glob("*.pcap*"))
-    if not paths:
-        pytest.fail(f"no captures in {REAL_PCAPS}")
-    return paths
-
-
 @pytest.mark.parametrize("path", real_pcaps(), ids=lambda p: p.name)
 def test_real_capture_decodes_as_tshark_decodes_it(path):
     ours = decoded(path)
@@ -469,7 +449,11 @@ def test_real_capture_decodes_as_tshark_decodes_it(path):
     assert ours == tshark_transport(path)
 
 
-def test_real_capture_encapsulations():
+def test_real_captures_are_there(real_pcaps_dir):
+    assert len(real_pcaps()) >= 20
+
+
+def test_real_capture_encapsulations(real_pcaps_dir):
     ipip = decoded(REAL_PCAPS / "irontec_sngrep__tests_ipip.pcap")
     assert len(ipip) == 4 and all(p[1] == TCP_PROTO for p in ipip.values())
     # Frames 2 and 3 are IP-in-IP: the inner header's addresses, not the tunnel's.
@@ -499,3 +483,14 @@ def outcome(decoder, ts, data):
         return decoder.decode(ts, 1, data)
     except DecodeError as exc:
         return type(exc)
+
+
+def test_a_set_of_too_many_pieces_is_dropped():
+    stats = Counter()
+    reassembler = FragmentReassembler(10, 10, 1 << 20, stats)
+    key = (4, "a", "b", 17, 1)
+    for i in range(2048):  # every other 8-byte block: nothing merges
+        assert reassembler.add(0, key, i * 16, 1, b"x" * 8, 17) is None
+    with pytest.raises(DecodeError, match="more than 2048 fragments"):
+        reassembler.add(0, key, 2048 * 16, 1, b"x" * 8, 17)
+    assert not reassembler.sets and reassembler.held == 0

@@ -58,7 +58,8 @@ def test_tshark_finds_the_readme_counts_in_every_fixture():
     table = readme_table()
     files = fixture_files()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        found = dict(zip((p.name for p in files), pool.map(make_fixtures.tshark_sip_counts, files)))
+        counts = pool.map(make_fixtures.tshark_sip_counts, files)
+        found = dict(zip((p.name for p in files), counts))
     wrong = {name: {"readme": table.get(name), "tshark": counts}
              for name, counts in found.items() if table.get(name) != counts}
     assert not wrong, f"(SIP frames, SIP messages) differ from pcaps/README.md: {wrong}"
@@ -120,7 +121,8 @@ def test_parse_sipp_output_reads_the_final_screens():
   Successful call        |        0                  |        4
   Failed call            |        0                  |        1
 """
-    result = lab.parse_sipp_output("Scenario Screen\n  INVITE ---------->  9  9  0\n" + screen, 1.0)
+    earlier_screen = "Scenario Screen\n  INVITE ---------->  9  9  0\n"
+    result = lab.parse_sipp_output(earlier_screen + screen, 1.0)
     assert (result.successful, result.failed, result.retransmissions) == (4, 1, 3)
     uas_screen = """------------------------------ Scenario Screen -------- [1-9]: Change Screen --
                                  Messages  Retrans   Timeout   Unexpected-Msg

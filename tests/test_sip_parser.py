@@ -211,8 +211,9 @@ def test_missing_fields_are_empty_and_named_as_defects():
 
 def test_invalid_content_length_counts_as_zero_like_wireshark():
     # zeek's invalid-content-length.pcap: "Content-Length: bad" (Wireshark shows 0).
-    msg = parse_message(reply(b"From: <sip:a@b>;tag=1928301774", b"Call-ID: a84b4c76e66710@10.0.0.1",
-                              b"CSeq: 1 INVITE", b"Content-Length: xyz"))
+    msg = parse_message(reply(b"From: <sip:a@b>;tag=1928301774",
+                              b"Call-ID: a84b4c76e66710@10.0.0.1", b"CSeq: 1 INVITE",
+                              b"Content-Length: xyz"))
     assert (msg.content_length, msg.defects) == (0, ("bad Content-Length",))
     assert msg.call_id == "a84b4c76e66710@10.0.0.1"
 
@@ -260,7 +261,8 @@ def test_a_long_header_section_is_parsed_whole():
 
 # --- against Wireshark, on the odd messages of real captures ------------------------
 
-ODD_CAPTURES = ("seladb_PcapPlusPlus__sip_reqs.pcap", "OISF_suricata-verify__sip_compact_form.pcap",
+ODD_CAPTURES = ("seladb_PcapPlusPlus__sip_reqs.pcap",
+                "OISF_suricata-verify__sip_compact_form.pcap",
                 "zeek_zeek__sip_invalid-content-length.pcap")
 
 

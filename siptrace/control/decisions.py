@@ -15,10 +15,12 @@ import time
 from collections import Counter, deque
 from decimal import Decimal, InvalidOperation
 
-from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same
+from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same, wake
 from siptrace.correlate.decision import (MAX_DECISION_BYTES, Decision, decision_from_object,
                                          parse_decision)
-from siptrace.correlate.offline import RecordedEvent
+from siptrace.correlate.correlator import Correlator
+from siptrace.correlate.offline import DecisionReplayTracer, RecordedEvent
+from siptrace.direction import ProxyAddresses
 from siptrace.errors import ConfigError, DecodeError
 
 RECEIVE_BUFFER = 4 << 20  # SO_RCVBUF asked for: bursts of decisions while the loop is busy
@@ -96,6 +98,8 @@ class DecisionSocket:
     def close(self) -> None:
         """Stop reading, close and remove the socket file (if it is still ours)."""
         self._stop.set()
+        if self._sock is not None:
+            wake(self.path, socket.SOCK_DGRAM)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -120,6 +124,8 @@ class DecisionSocket:
                 self.recent_errors.append(f"receive: {exc.strerror or exc}")
                 stop.wait(POLL_S)
                 continue
+            if stop.is_set():
+                break
             self.accept(datagram, self.clock())
 
     def accept(self, datagram: bytes, rt_ns: int) -> bool:
@@ -227,6 +233,18 @@ def read_recorded_decisions(path, stats: Counter | None = None):
     except OSError as exc:
         raise ConfigError(f"decisions: cannot read {path}: {exc.strerror}") from None
     return _events(handle, Counter() if stats is None else stats)
+
+
+def replay_tracer(path, proxy: ProxyAddresses, **correlator_options) -> DecisionReplayTracer:
+    """The tracer for ``siptrace replay --decisions PATH``: a Correlator (options as
+    its keywords: trace_flag, traced_user_avp, grace_ns...) fed the recording by time.
+
+    Tracing starts on unless ``trace_on=False`` is given; the recording's switches
+    (``siptrace run`` records the state at start) then apply by time.
+    """
+    stats: Counter = Counter()
+    events = read_recorded_decisions(path, stats)
+    return DecisionReplayTracer(Correlator(proxy, **correlator_options), events, stats)
 
 
 def _events(handle, stats: Counter):

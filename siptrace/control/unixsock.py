@@ -72,3 +72,17 @@ def unlink_if_same(path: str, identity: tuple[int, int] | None) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+def wake(path: str, kind: int) -> None:
+    """Interrupt our own thread blocked on the socket at ``path`` (a connection or an
+    empty datagram; the thread checks its stop flag before looking at it)."""
+    with socket.socket(socket.AF_UNIX, kind) as poke:
+        poke.settimeout(1.0)
+        try:
+            if kind == socket.SOCK_DGRAM:
+                poke.sendto(b"", path)
+            else:
+                poke.connect(path)
+        except OSError:
+            pass  # the thread still stops at its next poll

@@ -12,8 +12,8 @@ from collections import Counter, OrderedDict, deque
 from typing import NamedTuple
 
 from siptrace.correlate.decision import Decision
-from siptrace.correlate.state import (PendingDecision, PendingMessage, Transaction,
-                                      reply_fits, unindex)
+from siptrace.correlate.state import (PendingDecision, PendingMessage, SwitchHistory,
+                                      Transaction, reply_fits, unindex)
 from siptrace.direction import ProxyAddresses
 
 SECOND = 1_000_000_000
@@ -74,13 +74,11 @@ class Correlator:
         self.transaction_ttl_ns = int(transaction_ttl_ns)
         self.completed_ttl_ns = int(completed_ttl_ns)
         self.max_capture_lag_ns = int(max_capture_lag_ns)
-        self.max_transactions = max_transactions
-        self.max_pending_packets = max_pending_packets
-        self.max_pending_decisions = max_pending_decisions
+        self.max_transactions = max(1, max_transactions)
+        self.max_pending_packets = max(1, max_pending_packets)
+        self.max_pending_decisions = max(1, max_pending_decisions)
         self.stats: Counter = Counter()
-        self._trace_on = bool(trace_on)
-        self._initial_on = self._trace_on
-        self._switches: deque = deque()  # (now_ns, on), oldest first
+        self._switches = SwitchHistory(trace_on, MAX_SWITCHES)
         self._clock = 0  # the latest now_ns seen
         self._next_sweep = 0
         self._watermark = 0  # the latest capture time seen
@@ -104,28 +102,15 @@ class Correlator:
 
     @property
     def trace_on(self) -> bool:
-        return self._trace_on
+        return self._switches.on
 
     def set_trace_on(self, on: bool, now_ns: int) -> None:
         """Switch tracing; messages captured from ``now_ns`` on follow the new state.
 
         Off: nothing is emitted, but packets and decisions are still consumed.
         """
-        on = bool(on)
         self._advance(now_ns)
-        if len(self._switches) >= MAX_SWITCHES:
-            self._initial_on = self._switches.popleft()[1]
-        self._switches.append((now_ns, on))
-        self._trace_on = on
-
-    def _on_at(self, ts_ns: int) -> bool:
-        switches = self._switches
-        if not switches or ts_ns >= switches[-1][0]:
-            return self._trace_on
-        for at, on in reversed(switches):
-            if ts_ns >= at:
-                return on
-        return self._initial_on
+        self._switches.switch(on, now_ns)
 
     # -- public entry points ------------------------------------------------------
 
@@ -164,7 +149,7 @@ class Correlator:
         if ts > self._watermark:
             self._watermark = ts
         if self.trace_all:  # nothing ever waits in this mode
-            if not self._on_at(ts):
+            if not self._switches.on_at(ts):
                 return []
             self._count(wire)
             return [Traced(wire, self.proxy.direction(wire), ())]
@@ -276,8 +261,8 @@ class Correlator:
                     self._emit(seq, wire, "in", claim.users, out)
         if need_rcv or need_out or need_in:
             self._add_pending(PendingMessage(seq, wire, wire.ts_ns + self.grace_ns, b0, b1,
-                                       callid, num, method, status, need_rcv, need_out,
-                                       need_in, claimed))
+                                             callid, num, method, status, need_rcv,
+                                             need_out, need_in, claimed))
 
     def _take_claim(self, wire, b0, callid, num, method, status) -> PendingDecision | None:
         if status is None:
@@ -445,7 +430,7 @@ class Correlator:
             self._emit(seq, wire, direction, txn.users, out)
 
     def _emit(self, seq: int, wire, direction: str, users, out: list) -> None:
-        if self._on_at(wire.ts_ns):
+        if self._switches.on_at(wire.ts_ns):
             self._count(wire)
             out.append((seq, Traced(wire, direction, users)))
 

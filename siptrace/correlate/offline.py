@@ -7,6 +7,7 @@ the two streams by time and feeds every event at its own time: the correlator
 then sees what it saw live, and the grace windows close at the same moments.
 """
 
+from collections import Counter
 from typing import Iterable, Iterator, NamedTuple
 
 from siptrace.correlate.correlator import Correlator, Traced
@@ -21,28 +22,57 @@ class RecordedEvent(NamedTuple):
     trace_on: bool | None = None
 
 
+class DecisionReplayTracer:
+    """replay's tracer interface (``on_packet``, ``finish``) over recorded events.
+
+    Before each packet, the events received up to its capture time are applied (an
+    event before a packet captured at the same instant). ``stats`` are the
+    correlator's; ``recording_stats`` what reading the recording counted.
+    """
+
+    def __init__(self, correlator: Correlator, events: Iterable[RecordedEvent],
+                 recording_stats: Counter | None = None):
+        self.correlator = correlator
+        self.recording_stats = Counter() if recording_stats is None else recording_stats
+        self._events = iter(events)
+        self._next = next(self._events, None)
+        self._last_ns = 0
+
+    @property
+    def stats(self) -> Counter:
+        return self.correlator.stats
+
+    def on_packet(self, wire, now_ns: int | None = None) -> list[Traced]:
+        """A wire message, applied at its capture time (``now_ns`` is not needed)."""
+        ts = wire.ts_ns
+        out = self._apply_until(ts) if self._next is not None else []
+        self._last_ns = max(self._last_ns, ts)
+        out += self.correlator.on_packet(wire, ts)
+        return out
+
+    def finish(self, now_ns: int | None = None) -> list[Traced]:
+        """The events left after the last packet, then the end of input."""
+        out = self._apply_until(None)
+        return out + self.correlator.finish(max(self._last_ns, now_ns or 0))
+
+    def _apply_until(self, ts_ns: int | None) -> list[Traced]:
+        out: list[Traced] = []
+        event = self._next
+        while event is not None and (ts_ns is None or event.rt_ns <= ts_ns):
+            out += apply_event(self.correlator, event)
+            self._last_ns = max(self._last_ns, event.rt_ns)
+            event = next(self._events, None)
+        self._next = event
+        return out
+
+
 def correlate_offline(correlator: Correlator, wires: Iterable,
                       events: Iterable[RecordedEvent]) -> Iterator[Traced]:
-    """Traced outputs for wire messages in capture order and events in receive order.
-
-    An event is applied before a packet captured at the same instant or later. The
-    end of input closes every window (``correlator.finish``).
-    """
-    events = iter(events)
-    event = next(events, None)
-    last_ns = 0
+    """Traced outputs for wire messages in capture order and events in receive order."""
+    tracer = DecisionReplayTracer(correlator, events)
     for wire in wires:
-        ts = wire.ts_ns
-        while event is not None and event.rt_ns <= ts:
-            yield from apply_event(correlator, event)
-            event = next(events, None)
-        last_ns = ts
-        yield from correlator.on_packet(wire, ts)
-    while event is not None:
-        yield from apply_event(correlator, event)
-        last_ns = max(last_ns, event.rt_ns)
-        event = next(events, None)
-    yield from correlator.finish(last_ns)
+        yield from tracer.on_packet(wire)
+    yield from tracer.finish()
 
 
 def apply_event(correlator: Correlator, event: RecordedEvent) -> list[Traced]:

@@ -1,6 +1,35 @@
 """The correlator's table entries: transactions, messages and decisions that wait."""
 
+from collections import deque
+
 from siptrace.correlate.decision import Decision
+
+
+class SwitchHistory:
+    """trace_on over time: the state in force when a message was captured."""
+
+    __slots__ = ("on", "_initial", "_switches", "_limit")
+
+    def __init__(self, on: bool, limit: int):
+        self.on = bool(on)
+        self._initial = self.on  # the state before the oldest switch remembered
+        self._switches: deque = deque()  # (at_ns, on), oldest first
+        self._limit = limit
+
+    def switch(self, on: bool, at_ns: int) -> None:
+        if len(self._switches) >= self._limit:
+            self._initial = self._switches.popleft()[1]
+        self._switches.append((at_ns, bool(on)))
+        self.on = bool(on)
+
+    def on_at(self, ts_ns: int) -> bool:
+        switches = self._switches
+        if not switches or ts_ns >= switches[-1][0]:
+            return self.on
+        for at, on in reversed(switches):
+            if ts_ns >= at:
+                return on
+        return self._initial
 
 
 class Transaction:

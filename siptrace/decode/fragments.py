@@ -17,6 +17,9 @@ from collections import Counter
 from siptrace.errors import DecodeError
 
 MAX_DATAGRAM_PAYLOAD = 65535  # the 16-bit length fields bound any reassembled payload
+# 64 KiB in fragments of the smallest IPv4 MTU (68, RFC 791) is about 1400 pieces;
+# more than this many in one set is hostile, and would make merging slow.
+MAX_PIECES_PER_SET = 2048
 
 
 class _FragmentSet:
@@ -77,6 +80,11 @@ class FragmentReassembler:
         if not _cover(fragments.covered, offset, stop):
             stats["fragments_duplicate"] += 1
         else:
+            if len(fragments.pieces) >= MAX_PIECES_PER_SET:
+                del sets[key]
+                self.held -= fragments.held
+                stats["fragments_malformed"] += 1
+                raise DecodeError(f"more than {MAX_PIECES_PER_SET} fragments in one datagram")
             fragments.pieces.append((offset, payload))
             fragments.held += len(payload)
             self.held += len(payload)

@@ -14,11 +14,14 @@ the first empty line, LF or CRLF.
 import re
 from collections import Counter
 
-from siptrace.sip.detect import MAX_START_LINE, REQUEST_SUFFIX, SIP_VERSION, STATUS_PREFIX
-from siptrace.sip.detect import start_line_ok
+from siptrace.sip.detect import (MAX_START_LINE, REQUEST_SUFFIX, SIP_VERSION, STATUS_PREFIX,
+                                 start_line_ok)
 
 MAX_MESSAGE = 1 << 20  # whole message, body included
 MAX_HEADER = 64 << 10  # header section
+# A message over MAX_MESSAGE is skipped exactly, by its Content-Length, up to this
+# length; a longer Content-Length is taken for garbage and the stream resynchronised.
+MAX_SKIP = 64 << 20
 MESSAGE_STEP_NS = 1000  # i-th message completed by one segment: segment time + i us
 
 # Content-Length, full or compact form (RFC 3261 sections 7.3.3, 20.14).
@@ -108,6 +111,13 @@ class SipStreamFramer:
                     continue
                 if need > self.max_message:
                     stats["overflow"] += 1
+                    if need > MAX_SKIP:  # skip the start line, then resync
+                        eol = buf.find(b"\n", pos) + 1
+                        stats["bytes_skipped"] += eol - pos
+                        pos = eol
+                        self._scan = 0
+                        self._synced = False
+                        continue
                     stats["bytes_skipped"] += min(need, n - pos)
                     self._discard = max(0, need - (n - pos))
                     pos = min(n, pos + need)
@@ -119,7 +129,8 @@ class SipStreamFramer:
             out.append((ts_ns + len(out) * MESSAGE_STEP_NS, bytes(buf[pos:pos + need])))
             pos += need
             self._need = self._scan = 0
-        stats["messages"] += len(out)
+        if out:
+            stats["messages"] += len(out)
         self._keep(buf, pos)
         return out
 
@@ -129,7 +140,7 @@ class SipStreamFramer:
 
     def _lose(self) -> None:
         """Drop what is buffered; count it when it was the start of a message."""
-        if self._synced and (self._need or self._discard or self._buf.strip(b"\r\n")):
+        if self._synced and (self._need or self._buf.strip(b"\r\n")):
             self.stats["incomplete_messages"] += 1
         elif self._buf:
             self.stats["bytes_skipped"] += len(self._buf)

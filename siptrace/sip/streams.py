@@ -8,7 +8,7 @@ stream picked up mid-way, or one with a gap, is searched for a SIP start line, f
 at most ``RESYNC_BUDGET`` bytes before it is taken for non-SIP.
 """
 
-from collections import Counter, deque
+from collections import Counter
 
 from siptrace.decode.tcp import (GAP_TIMEOUT_NS, IDLE_TIMEOUT_NS, MAX_STREAMS, StreamKey,
                                  TcpReassembler)
@@ -19,6 +19,7 @@ from siptrace.sip.websocket import (MAX_HANDSHAKE, WebSocketDecoder, handshake_e
 
 RESYNC_BUDGET = 64 << 10  # bytes searched for a SIP start line before giving up
 MAX_PENDING = 10000  # messages of other streams waiting for take_other()/finish()
+MAX_PENDING_BYTES = 16 << 20  # and their bytes
 
 # What a stream direction is, as far as we know.
 _NEW, _SIP, _WS, _HANDSHAKE, _NOT_SIP = range(5)
@@ -53,15 +54,17 @@ class TcpMessageAssembler:
                  idle_timeout_ns: int = IDLE_TIMEOUT_NS, **reassembler_limits):
         self.stats = Counter()
         self.max_message = max_message
-        self._tcp = TcpReassembler(self.stats, max_streams=max_streams,
-                                   gap_timeout_ns=gap_timeout_ns,
-                                   idle_timeout_ns=idle_timeout_ns, **reassembler_limits)
+        self.reassembler = TcpReassembler(self.stats, max_streams=max_streams,
+                                          gap_timeout_ns=gap_timeout_ns,
+                                          idle_timeout_ns=idle_timeout_ns,
+                                          **reassembler_limits)
         self._directions: dict[StreamKey, _Direction] = {}
-        self._pending: deque = deque()
+        self._pending: list = []
+        self._pending_bytes = 0
 
     def feed(self, pkt) -> list[Message]:
         """Take one TCP segment; the SIP messages of its direction it completes."""
-        chunks = self._tcp.feed(pkt)
+        chunks = self.reassembler.feed(pkt)
         if not chunks:
             return []
         out = []
@@ -79,21 +82,21 @@ class TcpMessageAssembler:
         """Messages other streams completed during earlier ``feed`` calls."""
         if not self._pending:
             return []
-        pending, self._pending = list(self._pending), deque()
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
         return pending
 
     def finish(self) -> list[tuple[int, str, bytes, StreamKey]]:
         """End of input: what can still be framed, with its stream; the rest counted."""
-        for key, ts, data, gap, end in self._tcp.finish():
-            messages = self._chunk(key, ts, data, gap, end)
-            if messages:
-                self._hold_other(key, messages)
-        return self.take_other()
+        out = self.take_other()
+        for key, ts, data, gap, end in self.reassembler.finish():
+            out += [(t, transport, raw, key)
+                    for t, transport, raw in self._chunk(key, ts, data, gap, end)]
+        return out
 
     @property
     def buffered(self) -> int:
         """Bytes held over all directions (framers, WebSocket decoders, heads)."""
-        total = self._tcp.held_total
+        total = self.reassembler.held_total
         for d in self._directions.values():
             total += len(d.head)
             total += d.framer.buffered if d.framer else 0
@@ -104,10 +107,12 @@ class TcpMessageAssembler:
 
     def _hold_other(self, key, messages: list[Message]) -> None:
         for ts, transport, raw in messages:
-            if len(self._pending) >= MAX_PENDING:
+            if len(self._pending) >= MAX_PENDING \
+                    or self._pending_bytes + len(raw) > MAX_PENDING_BYTES:
                 self.stats["pending_dropped"] += 1
                 continue
             self._pending.append((ts, transport, raw, key))
+            self._pending_bytes += len(raw)
 
     def _chunk(self, key, ts: int, data: bytes, gap: bool, end: bool) -> list[Message]:
         d = self._directions.get(key)

@@ -12,6 +12,8 @@ import zlib
 from collections import Counter
 from struct import Struct
 
+from siptrace.sip.framing import MESSAGE_STEP_NS
+
 # RFC 6455 section 5.2: opcodes and header bits.
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE = 0x8  # 0x8-0xF are control frames (0x9 ping, 0xA pong)
@@ -27,7 +29,6 @@ _U64 = Struct("!Q")
 # RFC 6455 section 4 and RFC 7118 section 4: the handshake headers that matter.
 _UPGRADE = re.compile(rb"\nupgrade[ \t]*:[ \t]*websocket[ \t]*\r?\n", re.I)
 _SIP_PROTOCOL = re.compile(rb"\nsec-websocket-protocol[ \t]*:[^\n]*\bsip\b", re.I)
-_DEFLATE = re.compile(rb"\nsec-websocket-extensions[ \t]*:[^\n]*permessage-deflate", re.I)
 
 
 def handshake_end(head: bytes) -> int:
@@ -40,10 +41,6 @@ def is_sip_upgrade(header: bytes) -> bool:
     """An HTTP request or 101 response upgrading to WebSocket with the "sip"
     subprotocol (RFC 7118 section 4)."""
     return bool(_UPGRADE.search(header)) and bool(_SIP_PROTOCOL.search(header))
-
-
-def offers_deflate(header: bytes) -> bool:
-    return bool(_DEFLATE.search(header))
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
@@ -152,7 +149,7 @@ class WebSocketDecoder:
                     message = self._inflate(message)
                     if message is None:
                         return out
-                out.append((ts_ns + len(out) * 1000, message))
+                out.append((ts_ns + len(out) * MESSAGE_STEP_NS, message))
         if pos >= n:
             self._buf = b""
         elif buf is self._buf:

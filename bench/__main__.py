@@ -1,0 +1,190 @@
+"""`make bench`: siptrace against the tools users would pick instead, in one run.
+
+    python -m bench [--skip live,backends,mirror] [--live-seconds 60]
+
+Speeds are reported as ratios between tools measured side by side on the same file,
+since absolute times on a shared 2-core machine mean little.
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.build_capture import ensure_bench_capture
+from bench.replay import BIN, bench_replay
+
+SECTIONS = ("replay", "backends", "mirror", "live")
+SERVERS = {
+    "postgresql": "postgresql://postgres@127.0.0.1:5432/{name}",
+    "mysql": "mysql://root@127.0.0.1:3306/{name}",
+}
+
+
+def _summary_value(text: str, label: str) -> str:
+    match = re.search(rf"^{re.escape(label)}:\s+(.+)$", text, re.M)
+    return match.group(1).strip() if match else ""
+
+
+def replay_section(capture: Path, work: Path) -> dict:
+    messages = int(_summary_value(_replay(capture, f"sqlite:///{work / 'count.db'}")[1],
+                                  "SIP messages").replace(",", ""))
+    results = bench_replay(capture, messages, work)
+    ours = results["siptrace"]["msgs_per_s"]
+    print(f"\nreplay of {capture.name}: {messages:,} SIP messages")
+    print(f"  {'tool':<28} {'seconds':>8} {'msgs/s':>10} {'peak MB':>8} {'siptrace/x':>10}")
+    for name, label in (("siptrace", "siptrace replay (SQLite)"),
+                        ("siptrace_2x", "siptrace replay, file x2"),
+                        ("sngrep", "sngrep -I -N -q -O"),
+                        ("tshark", "tshark -T fields (SDP off)")):
+        r = results[name]
+        print(f"  {label:<28} {r['seconds']:>8.2f} {r['msgs_per_s']:>10,.0f} "
+              f"{r['peak_mb']:>8.1f} {ours / r['msgs_per_s']:>10.2f}")
+    results["messages"] = messages
+    results["ratio_vs_sngrep"] = ours / results["sngrep"]["msgs_per_s"]
+    results["ratio_vs_tshark"] = ours / results["tshark"]["msgs_per_s"]
+    print(f"  target: >= 1.25x sngrep; peak memory < 150 MB and flat "
+          f"({results['siptrace']['peak_mb']:.1f} MB for 1x, "
+          f"{results['siptrace_2x']['peak_mb']:.1f} MB for 2x)")
+    return results
+
+
+def _replay(capture: Path, db_url: str, *extra: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run([str(BIN / "siptrace"), "replay", str(capture), "--db-url", db_url,
+                           "--no-progress", *extra], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or proc.stdout.strip())
+    return time.perf_counter() - started, proc.stdout
+
+
+def backends_section(capture: Path, work: Path) -> dict:
+    """rows/s per backend from one replay of the benchmark capture each."""
+    from bench.storage import _scratch
+
+    results = {}
+    print("\nrows/s per backend (one replay each, whole process wall time):")
+    for dialect, template in [("sqlite", None), *SERVERS.items()]:
+        name = f"siptrace_bench_{uuid.uuid4().hex[:8]}"
+        try:
+            if template is None:
+                url = f"sqlite:///{work / (name + '.db')}"
+            else:
+                _scratch(dialect, name)
+                url = template.format(name=name)
+            wall, out = _replay(capture, url)
+            rows = int(_summary_value(out, "rows stored").replace(",", ""))
+            results[dialect] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall}
+            print(f"  {dialect:<11} {rows:>9,} rows {wall:>7.2f} s {rows / wall:>10,.0f} rows/s")
+        except Exception as exc:  # a backend that fails is reported, the rest still run
+            results[dialect] = {"error": str(exc)}
+            print(f"  {dialect:<11} failed: {exc}")
+        finally:
+            if template is not None:
+                try:
+                    _scratch(dialect, name, drop=True)
+                except Exception:
+                    pass
+    return results
+
+
+LISTENER = r"""
+import socket, sys, json, select
+socks = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    s.bind(("127.0.0.1", 0)); socks.append(s)
+print(json.dumps([s.getsockname()[1] for s in socks]), flush=True)
+counts = [0, 0]
+while True:
+    ready, _, _ = select.select(socks, [], [], 3.0)
+    if not ready:
+        break
+    for s in ready:
+        s.recv(70000); counts[socks.index(s)] += 1
+print(json.dumps(counts), flush=True)
+"""
+
+
+def mirror_section(capture: Path, work: Path) -> dict:
+    """Messages/s mirrored while replaying, with and without a listener."""
+    results = {}
+    print("\nmirroring while replaying (sip: and hep: destinations on loopback):")
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER], stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        ports = json.loads(listener.stdout.readline())
+        for case, (sip_port, hep_port) in (("with listener", ports),
+                                           ("without listener", _free_ports())):
+            db = work / f"mirror-{sip_port}.db"
+            uri = f"sip:127.0.0.1:{sip_port},hep:127.0.0.1:{hep_port}"
+            wall, out = _replay(capture, f"sqlite:///{db}", "--duplicate-uri", uri)
+            messages = int(_summary_value(out, "messages traced").replace(",", ""))
+            lines = [line for line in out.splitlines() if line.startswith("mirror ")]
+            results[case] = {"seconds": wall, "msgs_per_s": messages / wall, "counters": lines}
+            print(f"  {case:<17} {messages / wall:>10,.0f} msgs/s mirrored to both")
+            for line in lines:
+                print(f"    {line}")
+            if case == "with listener":
+                received = json.loads(listener.stdout.readline())
+                results[case]["received"] = received
+                print(f"    listener received: sip {received[0]:,}, hep {received[1]:,}")
+    finally:
+        listener.kill()
+        listener.wait()
+    return results
+
+
+def _free_ports() -> tuple[int, int]:
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return ports[0], ports[1]
+
+
+def live_section(seconds: float) -> list:
+    from bench.live import bench_live, format_results
+
+    print(f"\nlive capture on lo ({seconds:.0f} s per rate, siptrace run --trace-all):")
+    results = bench_live(duration=seconds)
+    print(format_results(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", default="", help=f"comma-separated of {', '.join(SECTIONS)}")
+    parser.add_argument("--live-seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+
+    capture = ensure_bench_capture()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="siptrace-bench-") as tmp:
+        work = Path(tmp)
+        if "replay" not in skip:
+            results["replay"] = replay_section(capture, work)
+        if "backends" not in skip:
+            results["backends"] = backends_section(capture, work)
+        if "mirror" not in skip:
+            results["mirror"] = mirror_section(capture, work)
+        if "live" not in skip:
+            results["live"] = live_section(args.live_seconds)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
