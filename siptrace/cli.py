@@ -39,6 +39,10 @@ def replay(
         None, "--decisions",
         help="Decisions recorded by `siptrace run --record-decisions`: store only what "
              "the proxy decided to trace."),
+    trace_flag: int = typer.Option(0, "--trace-flag", min=0, max=31,
+                                   help="With --decisions: the flag that traces a transaction."),
+    traced_user_avp: int = typer.Option(6843, "--traced-user-avp",
+                                        help="With --decisions: AVP id of the traced users."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Progress bar (only shown on a terminal)."),
 ):
@@ -52,7 +56,8 @@ def replay(
 
     replay_command(files, db_url=db_url, table=table, proxy=proxy,
                    duplicate_uri=duplicate_uri, hep_capture_id=hep_capture_id,
-                   decisions=decisions,
+                   decisions=decisions, trace_flag=trace_flag,
+                   traced_user_avp=traced_user_avp,
                    progress=progress and sys.stderr.isatty())
 
 
@@ -141,6 +146,31 @@ def run(
         "record_decisions": record_decisions, "grace": grace, "trace_all": trace_all,
         "hep_capture_id": hep_capture_id, "spool_dir": spool_dir,
         "spool_max_bytes": spool_max_bytes})
+
+
+@app.command()
+def purge(
+    older_than: str = typer.Option(..., "--older-than",
+                                   help="Age of the rows to delete: 7d, 12h, 30m, 1w, 1d12h."),
+    db_url: str = typer.Option("sqlite:///siptrace.db", "--db-url", help=DB_URL_HELP),
+    table: str = typer.Option("sip_trace", "--table", help=TABLE_HELP),
+    batch: int = typer.Option(10_000, "--batch", min=1,
+                              help="Rows deleted per transaction (through the date index)."),
+):
+    """Delete rows older than a given age, in bounded batches.
+
+    On a PostgreSQL table created with daily partitions, whole old partitions are dropped.
+
+    Example:
+
+      siptrace purge --older-than 7d --db-url postgres://siptrace@db/traces
+    """
+    from siptrace.store import purge_url
+
+    result = purge_url(db_url, table, older_than, batch)
+    typer.echo(f"deleted {result.rows_deleted} rows older than {result.cutoff:%Y-%m-%d %H:%M:%S}"
+               + (f", dropped {result.partitions_dropped} partitions"
+                  if result.partitions_dropped else ""))
 
 
 def main() -> None:

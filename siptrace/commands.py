@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from siptrace.direction import ProxyAddresses
-from siptrace.errors import CaptureFormatError
+from siptrace.errors import CaptureFormatError, ConfigError
 from siptrace.replay import ReplaySummary, Tracer, replay_files
 
 
@@ -21,12 +21,12 @@ def check_capture_paths(files: list[Path]) -> list[Path]:
 
 
 def replay_command(files, *, db_url, table, proxy, duplicate_uri, hep_capture_id, decisions,
-                   progress):
+                   trace_flag, traced_user_avp, progress):
     from siptrace.store.process import ProcessWriter
 
     paths = check_capture_paths(files)
     proxies = ProxyAddresses.parse(proxy)
-    tracer = _tracer(proxies, decisions)
+    tracer = _tracer(proxies, decisions, trace_flag, traced_user_avp)
     mirror = _open_mirror(duplicate_uri, hep_capture_id)
     writer = ProcessWriter(db_url, table)
     bar = None
@@ -46,12 +46,16 @@ def replay_command(files, *, db_url, table, proxy, duplicate_uri, hep_capture_id
     _print_summary(summary, writer.stats, mirror.stats() if mirror else None)
 
 
-def _tracer(proxies: ProxyAddresses, decisions: Path | None):
+def _tracer(proxies: ProxyAddresses, decisions: Path | None, trace_flag: int,
+            traced_user_avp: int):
     if decisions is None:
         return Tracer(proxies)
-    from siptrace.correlate.offline import DecisionReplayTracer
+    if not decisions.is_file():
+        raise ConfigError(f"decisions: {decisions}: no such file")
+    from siptrace.control.decisions import replay_tracer
 
-    return DecisionReplayTracer.from_file(decisions, proxies)
+    return replay_tracer(decisions, proxies, trace_flag=trace_flag,
+                         traced_user_avp=traced_user_avp)
 
 
 def _open_mirror(duplicate_uri: str | None, hep_capture_id: int):
@@ -74,7 +78,10 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
     echo(f"messages traced:     {summary.traced_messages}")
     echo(f"rows stored:         {store_stats['rows_written']}")
     echo(f"non-SIP skipped:     {summary.non_sip}")
-    echo(f"malformed:           {summary.malformed}")
+    echo(f"malformed:           {summary.malformed} (packets {summary.counters['malformed_packets']}"
+         f" + {summary.counters['truncated_packets']} cut short, SIP rejected "
+         f"{summary.counters['malformed_sip']}, SIP stored with defects "
+         f"{summary.counters['sip_defects']})")
     for sample in summary.malformed_samples:
         echo(f"  e.g. {sample}")
     echo(f"incomplete fragments: {summary.fragments_incomplete}")

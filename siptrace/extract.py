@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from siptrace.decode.layers import PacketDecoder
 from siptrace.decode.packet import TCP, UDP
 from siptrace.errors import DecodeError, SipParseError, TruncatedPacket
-from siptrace.sip.detect import looks_like_sip
+from siptrace.sip.detect import TOKEN_TABLE
 from siptrace.sip.message import SipMessage
 from siptrace.sip.parser import parse_message
 from siptrace.sip.streams import TcpMessageAssembler
@@ -49,9 +49,11 @@ class SipExtractor:
     """Feeds capture records through the decoders; returns the SIP messages found.
 
     ``stats`` counts: packets, sip_messages, non_sip (UDP payloads that are not
-    SIP), malformed_packets, truncated_packets, malformed_sip, plus the decoders'
-    own counters (``packet_stats``, ``stream_stats``). ``malformed_samples`` keeps
-    the last few reasons a SIP message was rejected, for the summary.
+    SIP), malformed_packets, truncated_packets, malformed_sip (framed from a SIP
+    stream, rejected), sip_defects (stored, with what the parser tolerated: no
+    Call-ID, a bad CSeq...), plus the decoders' own counters (``packet_stats``,
+    ``stream_stats``). ``malformed_samples`` keeps the last few problems, for the
+    summary.
     """
 
     MALFORMED_SAMPLES = 5
@@ -86,14 +88,20 @@ class SipExtractor:
         if pkt is None:
             return []
         if pkt.proto == UDP:
+            # SIP by content: only a SIP start line parses (looks_like_sip's test, done
+            # once); most non-SIP payloads (RTP, STUN, TLS) fail on their first byte.
             payload = pkt.payload
-            if not looks_like_sip(payload):
+            if not payload or not TOKEN_TABLE[payload[0]]:
                 stats["non_sip"] += 1
                 return []
-            message = self._parse(payload)
-            if message is None:
+            try:
+                message = parse_message(payload)
+            except SipParseError:
+                stats["non_sip"] += 1
                 return []
             stats["sip_messages"] += 1
+            if message.defects:
+                self._defective(message)
             return [WireMessage(pkt.ts_ns, "udp", pkt.family, pkt.src, pkt.sport,
                                 pkt.dst, pkt.dport, message)]
         if pkt.proto == TCP:
@@ -128,6 +136,8 @@ class SipExtractor:
             if message is None:
                 continue
             self.stats["sip_messages"] += 1
+            if message.defects:
+                self._defective(message)
             out.append(WireMessage(ts_ns, transport, family, src, sport, dst, dport, message))
         return out
 
@@ -136,7 +146,14 @@ class SipExtractor:
             return parse_message(raw)
         except SipParseError as exc:
             self.stats["malformed_sip"] += 1
-            samples = self.malformed_samples
-            samples.append(str(exc))
-            del samples[:-self.MALFORMED_SAMPLES]
+            self._sample(str(exc))
             return None
+
+    def _defective(self, message: SipMessage) -> None:
+        self.stats["sip_defects"] += 1
+        self._sample(f"{', '.join(message.defects)} (Call-ID {message.call_id!r}, stored)")
+
+    def _sample(self, problem: str) -> None:
+        samples = self.malformed_samples
+        samples.append(problem)
+        del samples[:-self.MALFORMED_SAMPLES]

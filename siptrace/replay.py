@@ -65,20 +65,21 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
     summary = ReplaySummary()
     extractor = SipExtractor()
     started = time.perf_counter()
-    pending: list = []
+    rows: list = []
+    traced_count = 0
     last_ts = 0
 
-    def emit(traced):
-        nonlocal pending
+    def store(traced) -> None:
+        nonlocal traced_count
         for wire, direction, users in traced:
-            summary.traced_messages += 1
-            pending += trace_rows(wire, direction, users)
+            traced_count += 1
+            rows.extend(trace_rows(wire, direction, users))
             if mirror is not None:
                 mirror.send(wire)
-        if len(pending) >= ROWS_PER_PUT:
-            summary.rows += len(pending)
-            row_sink.put(pending)
-            pending = []
+        if len(rows) >= ROWS_PER_PUT:
+            summary.rows += len(rows)
+            row_sink.put(rows[:])
+            rows.clear()
 
     for path in paths:
         summary.files += 1
@@ -88,22 +89,23 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
         on_packet = tracer.on_packet
         try:
             for count, (ts_ns, linktype, data) in enumerate(capture, 1):
-                last_ts = ts_ns
                 for wire in feed(ts_ns, linktype, data):
-                    emit(on_packet(wire, ts_ns))
+                    store(on_packet(wire, ts_ns))
                 if on_progress is not None and count % PROGRESS_EVERY == 0:
                     on_progress(capture.position - reported)
                     reported = capture.position
+                last_ts = ts_ns
         except TruncatedCapture as exc:
             summary.warnings.append(str(exc))
         if on_progress is not None:
             on_progress(capture.position - reported)
     for wire in extractor.finish():
-        emit(tracer.on_packet(wire, last_ts))
-    emit(tracer.finish(last_ts))
-    if pending:
-        summary.rows += len(pending)
-        row_sink.put(pending)
+        store(tracer.on_packet(wire, last_ts))
+    store(tracer.finish(last_ts))
+    if rows:
+        summary.rows += len(rows)
+        row_sink.put(rows)
+    summary.traced_messages = traced_count
 
     summary.elapsed = time.perf_counter() - started
     _collect_counters(summary, extractor)
@@ -116,7 +118,7 @@ def _collect_counters(summary: ReplaySummary, extractor: SipExtractor) -> None:
     summary.sip_messages = stats["sip_messages"]
     summary.non_sip = stats["non_sip"] + streams.get("non_sip_streams", 0)
     summary.malformed = (stats["malformed_sip"] + stats["malformed_packets"]
-                         + stats["truncated_packets"])
+                         + stats["truncated_packets"] + stats["sip_defects"])
     summary.fragments_incomplete = (packets.get("fragments_timed_out", 0)
                                     + packets.get("fragments_overflow", 0)
                                     + packets.get("fragments_incomplete", 0))

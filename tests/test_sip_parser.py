@@ -223,6 +223,14 @@ def test_non_numeric_cseq_is_a_defect():
     assert (msg.cseq_num, msg.cseq_method, msg.defects) == (0, "", ("bad CSeq",))
 
 
+def test_numbers_too_long_to_be_real_are_defects_not_crashes():
+    msg = parse_message(reply(b"Call-ID: x", b"From: <sip:a@b>;tag=1",
+                              b"CSeq: " + b"9" * 5000 + b" INVITE",
+                              b"Content-Length: " + b"1" * 5000))
+    assert (msg.cseq_num, msg.content_length) == (0, 0)
+    assert msg.defects == ("bad CSeq", "bad Content-Length")
+
+
 def test_a_message_cut_inside_a_header_keeps_what_came_before():
     # PcapPlusPlus sip_reqs.pcap frame 4: the BYE ends in "Content-Lengt".
     raw = (b"BYE sip:sipp@10.0.2.20:5060 SIP/2.0\r\n"

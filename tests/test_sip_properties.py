@@ -28,7 +28,8 @@ HEADER_LINES = [b"Via: SIP/2.0/TCP h;branch=z9hG4bK1", b"v: a, b;branch=2", b"i:
                 b"Call-ID: x", b"CSeq: 1 INVITE", b"CSeq: x", b"f: <sip:a@b>;tag=t",
                 b"From: \"a,<\\\" b\" sip:x;tag=1", b"To: <sip:b@h>;tag=", b"l: 5",
                 b"Content-Length: 0", b"Content-Length: 99999999", b"content-length: x",
-                b" folded", b"\tfolded", b"nocolon", b"X-A: 1", b":", b""]
+                b" folded", b"\tfolded", b"nocolon", b"X-A: 1", b":", b"",
+                b"CSeq: " + b"9" * 5000 + b" X", b"l: " + b"9" * 5000]
 ENDINGS = [b"\r\n", b"\n", b"\r", b""]
 
 

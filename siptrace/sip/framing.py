@@ -22,6 +22,7 @@ MAX_HEADER = 64 << 10  # header section
 # A message over MAX_MESSAGE is skipped exactly, by its Content-Length, up to this
 # length; a longer Content-Length is taken for garbage and the stream resynchronised.
 MAX_SKIP = 64 << 20
+MAX_DIGITS = 18  # a longer Content-Length is garbage too
 MESSAGE_STEP_NS = 1000  # i-th message completed by one segment: segment time + i us
 
 # Content-Length, full or compact form (RFC 3261 sections 7.3.3, 20.14).
@@ -197,7 +198,7 @@ class SipStreamFramer:
                 return 0
             value = m.group(1).strip()
         if value.isdigit():
-            return int(value)
+            return int(value) if len(value) <= MAX_DIGITS else MAX_SKIP + 1
         self.stats["bad_content_length"] += 1
         return 0
 

@@ -22,8 +22,10 @@ import re
 from siptrace.errors import SipParseError
 from siptrace.sip.detect import SIP_VERSION, STATUS_PREFIX, TOKEN_CHARS
 from siptrace.sip.message import SipMessage
+from siptrace.sip.params import header_tag, split_header_values  # noqa: F401 (re-export)
 
 MAX_HEADER_LINES = 512  # lines split off for the fast path; longer headers take the slow one
+MAX_DIGITS = 18  # longer CSeq numbers and Content-Lengths are garbage (int() caps at 4300)
 
 # Header keys the parser keeps; 0 means "known, not needed".
 _VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTENT_LENGTH = 1, 2, 3, 4, 5, 6
@@ -72,13 +74,18 @@ _EXACT = _spellings({**{name: 0 for name in _SKIPPED}, **_WANTED})
 _EXACT.update({b"Call-ID": _CALL_ID, b"CSeq": _CSEQ, b"WWW-Authenticate": 0})
 
 _FOLD = re.compile(rb"\r?\n[ \t]+")  # LWS line folding, RFC 3261 section 7.3.1
-_TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;, \t\r]*)", re.I)
-_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t\r]*)", re.I)
 
 
 def parse_message(raw: bytes) -> SipMessage:
     """Parse one whole SIP message; raises ``SipParseError`` for a bad start line."""
-    lines = raw.split(b"\n", MAX_HEADER_LINES)
+    # Fast path: CRLF line ends and an empty line: split the header section only.
+    end = raw.find(b"\r\n\r\n")
+    lines = raw[:end].split(b"\r\n", MAX_HEADER_LINES) if end >= 0 else None
+    if lines is None or raw.count(b"\n", 0, end) != len(lines) - 1:  # bare LF, or too long
+        lines = raw.split(b"\n", MAX_HEADER_LINES)
+        header_end = False
+    else:
+        header_end = True
     line = lines[0]
     if line[-1:] == b"\r":
         line = line[:-1]
@@ -97,10 +104,12 @@ def parse_message(raw: bytes) -> SipMessage:
                                 if raw else "empty message")
         method = parts[0].decode("ascii")
         request_uri = parts[1].decode("utf-8", "replace")
-    if len(lines) == 1:
+    if header_end:
+        found, vias, ended = _scan(lines, raw)
+    elif len(lines) == 1:
         raise SipParseError("no line end after the start line")
-
-    found, vias, ended = _scan(lines)
+    else:
+        found, vias, ended = _scan_slow(lines)
     defects = [] if ended else ["no end of headers"]
     call_id = found.get(_CALL_ID)
     if call_id is None:
@@ -114,7 +123,7 @@ def parse_message(raw: bytes) -> SipMessage:
         defects.append("no CSeq")
     else:
         cseq = cseq.split()
-        if cseq and cseq[0].isdigit():
+        if cseq and cseq[0].isdigit() and len(cseq[0]) <= MAX_DIGITS:
             cseq_num = int(cseq[0])
             if len(cseq) > 1:
                 cseq_method = cseq[1].decode("utf-8", "replace")
@@ -125,39 +134,28 @@ def parse_message(raw: bytes) -> SipMessage:
         from_tag = ""
         defects.append("no From")
     else:
-        from_tag = _tag(from_tag)
-    to_tag = found.get(_TO)
-    to_tag = "" if to_tag is None else _tag(to_tag)
+        from_tag = header_tag(from_tag)
     content_length = found.get(_CONTENT_LENGTH)
     if content_length is not None:
         content_length = content_length.strip()
-        if content_length.isdigit():
+        if content_length.isdigit() and len(content_length) <= MAX_DIGITS:
             content_length = int(content_length)
         else:
             content_length = 0
             defects.append("bad Content-Length")
-    branches = []
-    for via in vias:
-        if b"," in via:
-            branches.extend(map(_branch, split_header_values(via)))
-        else:
-            branches.append(_branch(via))
     return SipMessage(raw, method, request_uri, status, reason, call_id, cseq_num,
-                      cseq_method, from_tag, to_tag, branches, content_length,
+                      cseq_method, from_tag, found.get(_TO), vias, content_length,
                       tuple(defects) if defects else ())
 
 
-def _scan(lines: list) -> tuple[dict, list, bool]:
-    """Header key -> first value, the Via values, and whether the empty line ending
-    the header section was found, from ``lines[1:]``. Fast path: CRLF, no folding."""
-    try:
-        header = lines[1:lines.index(b"\r")]
-    except ValueError:
-        return _scan_slow(lines)
+def _scan(lines: list, raw: bytes) -> tuple[dict, list, bool]:
+    """Header key -> first value, the Via values, and True (the header section ends),
+    from ``lines[1:]``, a header section with CRLF line ends only. A folded line sends
+    the whole message to ``_scan_slow``."""
     exact = _EXACT
     found = {}
     vias = []
-    for line in header:
+    for line in lines[1:]:
         name, colon, value = line.partition(b":")
         key = exact.get(name)
         if key:
@@ -166,8 +164,8 @@ def _scan(lines: list) -> tuple[dict, list, bool]:
             elif key not in found:
                 found[key] = value
         elif key is None:
-            if name[:1] in (b" ", b"\t", b""):  # folded, or a bare-LF empty line
-                return _scan_slow(lines)
+            if name[:1] in (b" ", b"\t", b""):  # folded
+                return _scan_slow(raw.split(b"\n", MAX_HEADER_LINES))
             key = _WANTED.get(name.rstrip().lower())
             if key and colon:
                 if key == _VIA:
@@ -202,53 +200,3 @@ def _scan_slow(lines: list) -> tuple[dict, list, bool]:
             elif key not in found:
                 found[key] = value
     return found, vias, ended
-
-
-def _tag(value: bytes) -> str:
-    """The tag parameter of a From/To value (after the <URI> when there is one)."""
-    i = value.rfind(b";tag=")
-    if i < 0 or value.find(b">", i) >= 0:
-        gt = value.rfind(b">")
-        m = _TAG.search(value, gt + 1)
-        return m.group(1).decode("utf-8", "replace") if m else ""
-    tag = value[i + 5:].split(b";", 1)[0].split(None, 1)
-    return tag[0].decode("utf-8", "replace") if tag else ""
-
-
-def _branch(via: bytes) -> str:
-    """The branch parameter of one Via value, '' when it has none."""
-    i = via.find(b";branch=")
-    if i < 0:
-        m = _BRANCH.search(via)
-        return m.group(1).decode("utf-8", "replace") if m else ""
-    branch = via[i + 8:].split(b";", 1)[0].split(None, 1)
-    return branch[0].decode("utf-8", "replace") if branch else ""
-
-
-def split_header_values(value: bytes) -> list[bytes]:
-    """Split a comma-joined header value (RFC 3261 section 7.3.1); commas inside
-    quotes or <...> are kept. Empty elements are dropped."""
-    if b"," not in value:
-        return [value]
-    if b'"' not in value and b"<" not in value:
-        return [part for part in value.split(b",") if part.strip()]
-    parts, start, quoted, angle, i, n = [], 0, False, False, 0, len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == 0x5C:  # backslash: a quoted-pair, skip the next byte
-                i += 1
-            elif c == 0x22:
-                quoted = False
-        elif c == 0x22:
-            quoted = True
-        elif c == 0x3C:
-            angle = True
-        elif c == 0x3E:
-            angle = False
-        elif c == 0x2C and not angle:
-            parts.append(value[start:i])
-            start = i + 1
-        i += 1
-    parts.append(value[start:])
-    return [part for part in parts if part.strip()]

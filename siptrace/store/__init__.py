@@ -9,13 +9,25 @@ Public API::
     parse_db_url(url), redact_url(url), msg_to_text(bytes), text_to_msg(str)
 """
 
-from siptrace.store.batch import BatchWriter
-from siptrace.store.retention import PurgeResult, parse_duration, purge, purge_url
-from siptrace.store.schema import trace_model
-from siptrace.store.spool import Spool, inspect_spool
-from siptrace.store.text import msg_to_text, text_to_msg
-from siptrace.store.tracestore import Marker, TraceStore
-from siptrace.store.urls import DbUrl, parse_db_url, redact_url
+from importlib import import_module
+
+# Imported on first use: the replay process needs none of peewee and its drivers,
+# only its store process does (siptrace/store/process.py).
+_HOMES = {
+    "BatchWriter": "batch", "PurgeResult": "retention", "parse_duration": "retention",
+    "purge": "retention", "purge_url": "retention", "trace_model": "schema",
+    "Spool": "spool", "inspect_spool": "spool", "msg_to_text": "text", "text_to_msg": "text",
+    "Marker": "tracestore", "TraceStore": "tracestore", "DbUrl": "urls",
+    "parse_db_url": "urls", "redact_url": "urls",
+}
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'siptrace.store' has no attribute {name!r}")
+    return getattr(import_module(f"siptrace.store.{home}"), name)
+
 
 __all__ = [
     "BatchWriter", "DbUrl", "Marker", "PurgeResult", "Spool", "TraceStore", "inspect_spool",

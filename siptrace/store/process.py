@@ -31,11 +31,13 @@ class ProcessWriter:
         self.stats = {"rows_written": 0, "batches": 0, "pending": 0, "dropped": 0,
                       "spool_depth": 0, "last_error": ""}
         self._closed = False
-        self._answer()  # the table exists, or the error that stopped it
+        self._ready = False  # the table exists: confirmed by the process's first answer
 
     def put(self, rows) -> None:
         if not rows:
             return
+        if not self._ready and self._results.poll():
+            self._answer()  # "ready", or the error that stopped the process
         try:
             self._batches_out.send_bytes(pickle.dumps([tuple(r) for r in rows], 5))
         except (BrokenPipeError, OSError):
@@ -53,6 +55,8 @@ class ProcessWriter:
             pass
         self._batches_out.close()
         try:
+            if not self._ready:
+                self._answer()
             self._answer()
         finally:
             self._process.join(timeout)
@@ -65,6 +69,7 @@ class ProcessWriter:
         if kind == "error":
             self.stats["last_error"] = payload
             raise StorageError(payload)
+        self._ready = True
         self.stats.update(payload)
 
 
