@@ -48,6 +48,8 @@ def replay_section(capture: Path, work: Path) -> dict:
     results["messages"] = messages
     results["ratio_vs_sngrep"] = ours / results["sngrep"]["msgs_per_s"]
     results["ratio_vs_tshark"] = ours / results["tshark"]["msgs_per_s"]
+    print(f"  (median of {len(results['siptrace']['all_seconds'])} alternating runs: siptrace "
+          f"{results['siptrace']['all_seconds']} s, sngrep {results['sngrep']['all_seconds']} s)")
     print(f"  target: >= 1.25x sngrep; peak memory < 150 MB and flat "
           f"({results['siptrace']['peak_mb']:.1f} MB for 1x, "
           f"{results['siptrace_2x']['peak_mb']:.1f} MB for 2x)")

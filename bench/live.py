@@ -139,6 +139,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants (siptrace's store process, a mirror worker)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def _tree_cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = _cpu_seconds(pid)
+        except OSError:
+            pass
+    return out
+
+
 def _count_rows(db: Path) -> int:
     try:
         with sqlite3.connect(db, timeout=10) as conn:
@@ -176,7 +200,8 @@ def bench_rate(rate: int, duration: float, workdir: Path) -> dict:
                                  f"{(workdir / f'siptrace-{rate}.log').read_text()}")
             time.sleep(0.05)
         rss = []
-        cpu_before = _cpu_seconds(proc.pid)
+        pids = _process_tree(proc.pid)
+        cpu_before = _tree_cpu(pids)
         started = time.perf_counter()
         sampler_stop = time.monotonic
         # The generator runs in this process; memory is sampled between its bursts.
@@ -195,8 +220,11 @@ def bench_rate(rate: int, duration: float, workdir: Path) -> dict:
                 break
             time.sleep(0.5)
         status = _status(control)
-        cpu = _cpu_seconds(proc.pid) - cpu_before
+        cpu_after = _tree_cpu(pids)
+        cpu = cpu_after[proc.pid] - cpu_before[proc.pid]
+        cpu_helpers = sum(cpu_after.get(p, 0) - cpu_before.get(p, 0) for p in pids[1:])
         peak = _proc_status(proc.pid).get("VmHWM", 0.0)
+        peak_helpers = sum(_proc_status(p).get("VmHWM", 0.0) for p in pids[1:])
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -213,7 +241,8 @@ def bench_rate(rate: int, duration: float, workdir: Path) -> dict:
         "lost": sent - stored, "kernel_drops": status.get("kernel_drops"),
         "capture_queue_drops": status.get("capture_queue_drops"),
         "cpu_s": round(cpu, 1), "cpu_pct_of_core": round(100 * cpu / send_seconds, 1),
-        "peak_mb": round(peak, 1),
+        "store_cpu_pct_of_core": round(100 * cpu_helpers / send_seconds, 1),
+        "peak_mb": round(peak, 1), "store_peak_mb": round(peak_helpers, 1),
         "rss_mb_2nd_quarter": round(max(rss[quarter:2 * quarter] or [0]), 1),
         "rss_mb_last_quarter": round(max(rss[-quarter:] or [0]), 1),
         "exit_status": proc.returncode,
@@ -246,13 +275,14 @@ def bench_live(rates=RATES, duration: float = DURATION, workdir: Path | None = N
 
 def format_results(results: list[dict]) -> str:
     head = (f"{'msg/s':>7} {'sent':>9} {'stored':>9} {'lost':>6} {'k.drops':>7} "
-            f"{'cpu%':>6} {'peak MB':>8} {'RSS q2':>7} {'RSS q4':>7}")
+            f"{'cpu%':>6} {'store%':>6} {'peak MB':>8} {'RSS q2':>7} {'RSS q4':>7} {'store MB':>8}")
     lines = [head]
     for r in results:
         lines.append(f"{r['rate']:>7} {r['sent']:>9} {r['stored']:>9} {r['lost']:>6} "
                      f"{r['kernel_drops'] if r['kernel_drops'] is not None else '?':>7} "
-                     f"{r['cpu_pct_of_core']:>6} {r['peak_mb']:>8} "
-                     f"{r['rss_mb_2nd_quarter']:>7} {r['rss_mb_last_quarter']:>7}")
+                     f"{r['cpu_pct_of_core']:>6} {r['store_cpu_pct_of_core']:>6} {r['peak_mb']:>8} "
+                     f"{r['rss_mb_2nd_quarter']:>7} {r['rss_mb_last_quarter']:>7} "
+                     f"{r['store_peak_mb']:>8}")
     return "\n".join(lines)
 
 

@@ -34,36 +34,55 @@ def count_sip_messages_with_siptrace(capture: Path) -> int:
     return extractor.stats["sip_messages"]
 
 
-def bench_replay(capture: Path, messages: int, workdir: Path) -> dict:
-    """Times siptrace replay (SQLite), sngrep and tshark on one capture."""
-    results = {}
+def _remove_sqlite(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+ROUNDS = 3  # siptrace and sngrep alternate this many times; the median counts
+
+
+def bench_replay(capture: Path, messages: int, workdir: Path, rounds: int = ROUNDS) -> dict:
+    """Times siptrace replay (SQLite), sngrep and tshark on one capture.
+
+    siptrace and sngrep run in alternation, ``rounds`` times each, and the median
+    run of each counts: on a shared machine one run alone says little. tshark, ten
+    times slower, runs once.
+    """
     db = workdir / "bench.db"
-    db.unlink(missing_ok=True)
-    wall, rss, status, out, err = run_with_rusage(
-        [str(BIN / "siptrace"), "replay", str(capture), "--db-url", f"sqlite:///{db}",
-         "--no-progress"])
-    if status != 0:
-        raise SystemExit(f"siptrace replay failed: {err.decode(errors='replace')}")
-    results["siptrace"] = {"seconds": wall, "peak_mb": rss, "msgs_per_s": messages / wall}
+    siptrace = [str(BIN / "siptrace"), "replay", "--db-url", f"sqlite:///{db}", "--no-progress"]
+    runs = {"siptrace": [], "sngrep": []}
+    for _ in range(rounds):
+        _remove_sqlite(db)
+        runs["siptrace"].append(_checked(run_with_rusage([*siptrace, str(capture)])))
+        runs["sngrep"].append(run_with_rusage(
+            ["sngrep", "-I", str(capture), "-N", "-q", "-O", str(workdir / "sngrep.pcap")]))
+    results = {name: _figures(_median(measured), messages) for name, measured in runs.items()}
+    for name, measured in runs.items():
+        results[name]["all_seconds"] = [round(m[0], 2) for m in measured]
 
     # Memory must stay flat as input grows: the same file twice is twice the messages.
-    db.unlink(missing_ok=True)
-    wall2, rss2, status, out, err = run_with_rusage(
-        [str(BIN / "siptrace"), "replay", str(capture), str(capture),
-         "--db-url", f"sqlite:///{db}", "--no-progress"])
-    results["siptrace_2x"] = {"seconds": wall2, "peak_mb": rss2,
-                              "msgs_per_s": 2 * messages / wall2}
+    _remove_sqlite(db)
+    results["siptrace_2x"] = _figures(
+        _checked(run_with_rusage([*siptrace, str(capture), str(capture)])), 2 * messages)
 
-    sngrep_out = workdir / "sngrep-out.pcap"
-    wall, rss, status, out, err = run_with_rusage(
-        ["sngrep", "-I", str(capture), "-N", "-q", "-O", str(sngrep_out)])
-    results["sngrep"] = {"seconds": wall, "peak_mb": rss, "msgs_per_s": messages / wall,
-                         "status": status}
-
-    wall, rss, status, out, err = run_with_rusage(
+    results["tshark"] = _figures(run_with_rusage(
         ["tshark", "-n", "-r", str(capture), "--disable-protocol", "sdp",
          "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID", "-e", "sip.CSeq",
-         "-e", "sip.Method", "-e", "sip.Status-Code", "-e", "sip.from.tag"])
-    results["tshark"] = {"seconds": wall, "peak_mb": rss, "msgs_per_s": messages / wall,
-                         "status": status, "lines": out.count(b"\n")}
+         "-e", "sip.Method", "-e", "sip.Status-Code", "-e", "sip.from.tag"]), messages)
     return results
+
+
+def _checked(measured):
+    if measured[2] != 0:
+        raise SystemExit(f"siptrace replay failed: {measured[4].decode(errors='replace')}")
+    return measured
+
+
+def _median(measured: list) -> tuple:
+    return sorted(measured, key=lambda m: m[0])[len(measured) // 2]
+
+
+def _figures(measured: tuple, messages: int) -> dict:
+    wall, rss, status, out, err = measured
+    return {"seconds": wall, "peak_mb": rss, "msgs_per_s": messages / wall, "status": status}

@@ -2,7 +2,7 @@
 
 Threads: one captures (LiveCapture -> a bounded queue of record batches; it never
 waits on anything downstream), the decision and control sockets read in theirs,
-the BatchWriter writes from its own, the Mirror hands copies to its worker. One
+the store writes from a child process (livewriter), the Mirror hands copies to its worker. One
 processing loop owns the SipExtractor and the Correlator: records and decisions in,
 rows and copies out. SIGTERM/SIGINT stop the capture, give late decisions one grace
 window to claim what waits, store every row still pending, then return.
@@ -21,7 +21,8 @@ from siptrace.correlate.correlator import Correlator
 from siptrace.direction import ProxyAddresses, normalize_ip
 from siptrace.extract import SipExtractor
 from siptrace.rows import trace_rows
-from siptrace.store import BatchWriter, TraceStore, parse_db_url
+from siptrace.livewriter import LiveWriter
+from siptrace.store import parse_db_url
 from siptrace.store.urls import redact_url
 
 CAPTURE_POLL_S = 0.2  # the capture thread looks at its stop flag this often
@@ -84,9 +85,9 @@ class Sidecar:
             self.recorder = DecisionRecorder(settings.record_decisions)
             self._opened.append(self.recorder)
         self.decisions = DecisionSocket(settings.decision_socket, recorder=self.recorder)
-        store = TraceStore(settings.db_url, settings.table)
-        self.writer = BatchWriter(store, spool=settings.spool_dir or None,
-                                  spool_max_bytes=settings.spool_max_bytes)
+        self.writer = LiveWriter(settings.db_url, settings.table,
+                                 spool_dir=settings.spool_dir or None,
+                                 spool_max_bytes=settings.spool_max_bytes)
         self._opened.append(self.writer)
         self.decisions.start()
         self._opened.append(self.decisions)
@@ -194,12 +195,17 @@ class Sidecar:
     def _shutdown(self) -> None:
         """Stop capturing, let decisions claim what waits, store and close everything."""
         self._capture_thread.join(CAPTURE_POLL_S * 10)
-        self.capture.close()
         while True:
             try:
                 self._process(self._records.get_nowait(), time.time_ns())
             except queue.Empty:
                 break
+        while True:  # what the kernel captured before the signal is processed too
+            records = self.capture.read(0)
+            if not records:
+                break
+            self._process(records, time.time_ns())
+        self.capture.close()
         now = time.time_ns()
         for wire in self.extractor.finish():
             self._emit(self.correlator.on_packet(wire, now))

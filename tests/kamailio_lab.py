@@ -6,7 +6,6 @@ test gets its own loopback addresses so no other test's traffic reaches the capt
 """
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -103,7 +102,7 @@ class Lab:
         return proc
 
     def uac(self, *, proxy_ip: str, proxy_port: int, ip: str, port: int, transport: str,
-            calls: int) -> None:
+            calls: int) -> subprocess.Popen:
         """Places ``calls`` calls through the proxy; raises LabError unless all succeed."""
         require_tool("sipp")
         proc = self.start("uac", ["sipp", "-sn", "uac", f"{proxy_ip}:{proxy_port}",
@@ -117,6 +116,7 @@ class Lab:
         if status != 0:
             raise LabError(f"sipp uac exited {status}:\n{self.output('uac')[-2000:]}\n"
                            f"kamailio:\n{self.output('kamailio')[-2000:]}")
+        return proc
 
     def siptrace_run(self, args: list[str], control_socket: Path) -> subprocess.Popen:
         """`siptrace run ARGS`, ready once its control socket answers."""
@@ -166,17 +166,15 @@ def _sipp_transport(transport: str) -> str:
     return {"udp": "u1", "tcp": "t1"}[transport]
 
 
-def siptrace_control(control_socket: Path, command: str) -> dict:
-    """One command through the CLI (`siptrace on|off|status --control-socket`)."""
-    out = subprocess.run(SIPTRACE + [command, "--control-socket", str(control_socket), "--json"],
-                         capture_output=True, timeout=10)
-    if out.returncode != 0:
-        raise OSError(f"siptrace {command} failed: {out.stderr.decode(errors='replace')}")
-    return json.loads(out.stdout) if out.stdout.strip() else {}
-
-
 def siptrace_status(control_socket: Path) -> dict:
-    return siptrace_control(control_socket, "status")
+    """The running siptrace's status, through its control socket."""
+    from siptrace.control import send_command
+    from siptrace.errors import SiptraceError
+
+    try:
+        return send_command(control_socket, "status")["status"]
+    except SiptraceError as exc:
+        raise OSError(str(exc)) from None
 
 
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
