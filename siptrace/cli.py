@@ -173,6 +173,56 @@ def purge(
                   if result.partitions_dropped else ""))
 
 
+CONTROL_SOCKET_HELP = "The control socket of the running `siptrace run`."
+DEFAULT_CONTROL_SOCKET = "/run/siptrace/control.sock"
+
+
+@app.command()
+def on(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
+                                           help=CONTROL_SOCKET_HELP)):
+    """Switch tracing on at run time, like `openserctl fifo sip_trace on`.
+
+    Example:
+
+      siptrace on --control-socket /run/siptrace/control.sock
+    """
+    from siptrace.commands import control_command
+
+    control_command(control_socket, "on")
+
+
+@app.command()
+def off(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
+                                            help=CONTROL_SOCKET_HELP)):
+    """Switch tracing off at run time: nothing is stored or mirrored until `on`.
+
+    Example:
+
+      siptrace off --control-socket /run/siptrace/control.sock
+    """
+    from siptrace.commands import control_command
+
+    control_command(control_socket, "off")
+
+
+@app.command()
+def status(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
+                                               help=CONTROL_SOCKET_HELP),
+           json_output: bool = typer.Option(False, "--json", help="The reply as JSON.")):
+    """Show trace state and counters of the running sidecar.
+
+    traced_requests and traced_replies (the module's statistics), rows stored and
+    pending, packets captured, kernel drops, decisions, mirror and spool counters.
+
+    Example:
+
+      siptrace status --control-socket /run/siptrace/control.sock
+    """
+    from siptrace.commands import control_command
+
+    control_command(control_socket, "status", as_json=json_output)
+
+
 def main() -> None:
     """Console entry point: library errors become one line and exit status 1."""
     try:

@@ -114,3 +114,30 @@ def show_command(*, db_url, table, callid, limit, full):
                 typer.echo(text_to_msg(row.msg).decode("utf-8", "replace"))
     finally:
         store.close()
+
+
+def control_command(control_socket: Path, command: str, as_json: bool = False) -> None:
+    """on / off / status against a running sidecar; a refusal is one line (ControlError)."""
+    import json
+
+    from siptrace.control.control import send_command
+
+    reply = send_command(control_socket, command)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2, sort_keys=True, default=str))
+        return
+    if command != "status":
+        typer.echo(f"tracing {'on' if reply.get('trace_on') else 'off'}")
+        return
+    for key, value in _flatten(reply.get("status", reply)):
+        typer.echo(f"{key}: {value}")
+
+
+def _flatten(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if key == "ok":
+            continue
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -17,6 +17,7 @@ from siptrace.errors import StorageError
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl(2)
 PIPE_BYTES = 8 << 20
+MAX_TRANSACTION_ROWS = 10_000
 
 
 class ProcessWriter:
@@ -100,11 +101,20 @@ def _serve(db_url, table, batches, results) -> None:
         store = TraceStore(db_url, table)
         store.connect()
         results.send(("ready", {}))
-        while True:
+        done = False
+        while not done:
             data = batches.recv_bytes()
             if not data:
                 break
             rows = pickle.loads(data)
+            # Batches already waiting join this transaction: fewer commits (each one
+            # a log flush on the server) when the database is the slower side.
+            while len(rows) < MAX_TRANSACTION_ROWS and batches.poll():
+                data = batches.recv_bytes()
+                if not data:
+                    done = True
+                    break
+                rows += pickle.loads(data)
             store.insert(rows)
             written += len(rows)
             batches_done += 1
