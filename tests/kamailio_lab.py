@@ -82,7 +82,10 @@ class Lab:
             missing("kamailio-python3-modules (app_python3) is not installed")
         argv = ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-w", str(self.workdir),
                 "-A", f'LISTEN_IP="{ip}"', "-A", f"PROXY_PORT={port}",
-                "-A", f'NEXT_IP="{next_ip}"', "-A", f"NEXT_PORT={next_port}"]
+                "-A", f'NEXT_IP="{next_ip}"', "-A", f"NEXT_PORT={next_port}",
+                # One worker: with two, a 180 and the 200 right behind it can be relayed
+                # out of order, and SIPp's uac aborts a call on a late 180.
+                "-A", "WORKERS=1"]
         for define in defines:
             argv += ["-A", define]
         env = dict(os.environ, SIPTRACE_KIT=str(KAMAILIO_KIT),

@@ -258,3 +258,19 @@ def test_record_then_replay_gives_the_same_rows(tmp_path):
     replayed = read_rows(replay_db)
     assert len(live_rows) == 2 * (10 + 6) * 3  # flag + sip_trace, three rows each, 2 calls
     assert Counter(replayed) == Counter(live_rows)
+
+
+def test_kit_never_fails_routing_when_siptrace_is_down(tmp_path):
+    """No siptrace: every publish fails, calls go through, one warning per process."""
+    with Lab(tmp_path) as lab:
+        lab.kamailio(ip=PROXY_IP, port=PROXY_PORT, next_ip=UAS_IP, next_port=UAS_PORT,
+                     decision_socket=tmp_path / "nobody-listens.sock",
+                     defines=[FLAG, SIP_TRACE, USERS])
+        lab.uas(ip=UAS_IP, port=UAS_PORT, transport="udp")
+        lab.uac(proxy_ip=PROXY_IP, proxy_port=PROXY_PORT, ip=UAC_IP, port=next(_uac_ports),
+                transport="udp", calls=3)
+        log = lab.output("kamailio")
+    warnings = [line for line in log.splitlines() if "siptrace: cannot send" in line]
+    assert warnings and all("No such file or directory" in w for w in warnings)
+    assert len(warnings) <= 4  # at most one a minute per worker process
+    assert "Traceback" not in log

@@ -156,6 +156,7 @@ def test_tcp_stream_each_segment_once():
     """SIP over TCP, one message split over two segments: reassembled once."""
     message = options("tcp-call").replace(b"UDP", b"TCP")
     with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # last run's TIME_WAIT
         server.bind((PROXY, PORT))
         server.listen(1)
         with LiveCapture(["lo"], build_filter([(PROXY, PORT)])) as capture:

@@ -55,6 +55,7 @@ class SiptraceDecisions:
         self.pid_of_sock = None
         self.path = None
         self.avp_ids = None
+        self.has_via0 = True
         self.sent = 0
         self.failed = 0
         self.last_warning = 0.0
@@ -78,7 +79,7 @@ class SiptraceDecisions:
         decision = {
             "callid": pv("$ci") or "",
             "cseq": f"{pv('$cs')} {pv('$rm')}",
-            "branch": pv("$via0(branch)") or "",
+            "branch": self._branch(pv),
             "kind": "reply" if kind == MSG_REPLY else "request",
             "flags": int(pv("$mf") or 0),
             "avps": self._avps(pv),
@@ -93,6 +94,20 @@ class SiptraceDecisions:
             self._failed("decision larger than 64 KB, not sent")
             return
         self._send(payload)
+
+    def _branch(self, pv):
+        """$via0(branch) (Kamailio >= 5.5), else parsed from the first Via header."""
+        if self.has_via0:
+            try:
+                branch = pv("$via0(branch)")
+            except Exception:  # noqa: BLE001 - an older Kamailio: no $via0
+                branch = None
+            if branch is not None:
+                return branch
+        branch = _top_branch(pv("$hdr(Via)") or "")
+        if branch:  # there is a branch that $via0 did not give: stop asking for it
+            self.has_via0 = False
+        return branch
 
     def _avps(self, pv):
         avps = {}
@@ -140,6 +155,16 @@ def _cfg_get(name):
         return KSR.pv.get(f"$sel(cfg_get.siptrace.{name})")
     except Exception:  # noqa: BLE001
         return None
+
+
+def _top_branch(via):
+    """The branch parameter of the first Via value of a Via header body."""
+    first = via.split(",", 1)[0]
+    for param in first.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "branch":
+            return value.strip()
+    return ""
 
 
 def _endpoint(proto, ip, port):

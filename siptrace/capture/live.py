@@ -131,6 +131,7 @@ class LiveCapture:
             raise ConfigError("interface: 'any' already covers every interface; "
                               "give it alone")
         self.filter_expr = filter_expr
+        self.interfaces = names
         self.stats: Counter = Counter()
         self._taps: list[_Tap] = []
         self._poll = select.poll()
@@ -144,10 +145,6 @@ class LiveCapture:
             self.close()
             raise
         self._by_fd = {tap.sock.fileno(): tap for tap in self._taps}
-
-    @property
-    def interfaces(self) -> list[str]:
-        return [tap.name for tap in self._taps]
 
     def read(self, timeout: float) -> list[tuple[int, int, bytes]]:
         """Waits up to ``timeout`` seconds; returns what arrived, oldest first per socket."""
