@@ -24,16 +24,8 @@ class ProcessWriter:
     """``put(rows)`` sends a batch to the writer process; ``close()`` waits for it."""
 
     def __init__(self, db_url: str, table: str):
-        ctx = multiprocessing.get_context("spawn")
-        self._batches_out, batches_in = ctx.Pipe(duplex=False)[::-1]
-        results_in, self._results_out = ctx.Pipe(duplex=False)
-        self._results = results_in
-        self._process = ctx.Process(target=_serve, name="siptrace-store", daemon=True,
-                                    args=(db_url, table, batches_in, self._results_out))
-        self._process.start()
-        batches_in.close()
-        self._results_out.close()
-        _widen_pipe(self._batches_out.fileno())
+        self._process, self._batches_out, self._results = spawn_store_process(
+            _serve, db_url, table)
         self.stats = {"rows_written": 0, "batches": 0, "pending": 0, "dropped": 0,
                       "spool_depth": 0, "last_error": ""}
         self._closed = False
@@ -77,6 +69,24 @@ class ProcessWriter:
             raise StorageError(payload)
         self._ready = True
         self.stats.update(payload)
+
+
+def spawn_store_process(target, *args):
+    """Starts ``target(*args, batches, results)`` in a spawned child process.
+
+    Returns (process, batches: the parent's sending end, results: the parent's
+    receiving end). The batch pipe is widened so that parent and child overlap.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    batches_in, batches_out = ctx.Pipe(duplex=False)
+    results_in, results_out = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=target, name="siptrace-store", daemon=True,
+                          args=(*args, batches_in, results_out))
+    process.start()
+    batches_in.close()
+    results_out.close()
+    _widen_pipe(batches_out.fileno())
+    return process, batches_out, results_in
 
 
 def _widen_pipe(fd: int) -> None:

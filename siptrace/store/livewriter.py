@@ -1,5 +1,7 @@
 """The live sidecar's store: a BatchWriter (spool, reconnects) in a child process.
 
+Replay's counterpart, which waits instead of dropping, is process.py.
+
 A BatchWriter thread next to the busy capture loop convoys on the GIL (sqlite3
 gives it up and takes it back once per row; docs/storage.md): measured at 20,000
 messages/s on loopback, the thread fell to ~8,000 rows/s, rows piled up and the
@@ -9,13 +11,13 @@ into a pipe (plain tuples, ~1.5 us/row), and the child's BatchWriter does the re
 batching, one transaction per batch, the spool while the database is down.
 """
 
-import multiprocessing
 import pickle
 import signal
 import threading
 from collections import Counter, deque
 
 from siptrace.errors import SiptraceError
+from siptrace.store.process import spawn_store_process
 from siptrace.store.schema import check_table_name
 from siptrace.store.urls import parse_db_url
 
@@ -32,15 +34,8 @@ class LiveWriter:
                  spool_max_bytes: int | None = None, max_queued_rows: int = MAX_QUEUED_ROWS):
         parse_db_url(db_url)  # a bad URL or table name fails here, as one line
         check_table_name(table)
-        ctx = multiprocessing.get_context("spawn")
-        batches_in, self._batches = ctx.Pipe(duplex=False)
-        self._results, results_out = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(
-            target=_serve, name="siptrace-store", daemon=True,
-            args=(db_url, table, spool_dir, spool_max_bytes, batches_in, results_out))
-        self._process.start()
-        batches_in.close()
-        results_out.close()
+        self._process, self._batches, self._results = spawn_store_process(
+            _serve, db_url, table, spool_dir, spool_max_bytes)
         self.max_queued_rows = max_queued_rows
         self.counts = Counter()  # dropped (queue full), sent (rows into the pipe)
         self._child: dict = {}
@@ -136,7 +131,8 @@ class LiveWriter:
 
 def _serve(db_url, table, spool_dir, spool_max_bytes, batches, results) -> None:
     """The child: a BatchWriter fed from the pipe until the empty message (or EOF)."""
-    from siptrace.store import BatchWriter, TraceStore
+    from siptrace.store.batch import BatchWriter
+    from siptrace.store.tracestore import TraceStore
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sidecar decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
