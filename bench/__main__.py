@@ -13,17 +13,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from bench.build_capture import ensure_bench_capture
 from bench.replay import BIN, bench_replay
 
 SECTIONS = ("replay", "backends", "mirror", "live")
-SERVERS = {
-    "postgresql": "postgresql://postgres@127.0.0.1:5432/{name}",
-    "mysql": "mysql://root@127.0.0.1:3306/{name}",
-}
 
 
 def _summary_value(text: str, label: str) -> str:
@@ -67,31 +62,20 @@ def _replay(capture: Path, db_url: str, *extra: str) -> tuple[float, str]:
 
 def backends_section(capture: Path, work: Path) -> dict:
     """rows/s per backend from one replay of the benchmark capture each."""
-    from bench.storage import _scratch
+    from bench.storage import SERVERS, scratch_url
 
     results = {}
     print("\nrows/s per backend (one replay each, whole process wall time):")
-    for dialect, template in [("sqlite", None), *SERVERS.items()]:
-        name = f"siptrace_bench_{uuid.uuid4().hex[:8]}"
+    for dialect in ("sqlite", *SERVERS):
         try:
-            if template is None:
-                url = f"sqlite:///{work / (name + '.db')}"
-            else:
-                _scratch(dialect, name)
-                url = template.format(name=name)
-            wall, out = _replay(capture, url)
+            with scratch_url(dialect, work) as url:
+                wall, out = _replay(capture, url)
             rows = int(_summary_value(out, "rows stored").replace(",", ""))
             results[dialect] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall}
             print(f"  {dialect:<11} {rows:>9,} rows {wall:>7.2f} s {rows / wall:>10,.0f} rows/s")
         except Exception as exc:  # a backend that fails is reported, the rest still run
             results[dialect] = {"error": str(exc)}
             print(f"  {dialect:<11} failed: {exc}")
-        finally:
-            if template is not None:
-                try:
-                    _scratch(dialect, name, drop=True)
-                except Exception:
-                    pass
     return results
 
 

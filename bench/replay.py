@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -11,16 +12,43 @@ BIN = Path(sys.executable).parent
 
 
 def run_with_rusage(argv: list[str]) -> tuple[float, float, int, bytes, bytes]:
-    """(wall s, peak RSS MB, exit status, stdout, stderr) of one command."""
+    """(wall s, peak MB, exit status, stdout, stderr) of one command.
+
+    Peak memory is the largest sum of resident memory over the process and its
+    children (siptrace's store and mirror processes count), sampled every 20 ms.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        peak = [0]
+        sampler = threading.Thread(target=_sample_tree_rss, args=(proc, peak), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
         out.seek(0)
         err.seek(0)
-        return elapsed, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()
+        peak_kb = max(peak[0], usage.ru_maxrss)
+        return elapsed, peak_kb / 1024, proc.returncode, out.read(), err.read()
+
+
+def _sample_tree_rss(proc: subprocess.Popen, peak: list) -> None:
+    while proc.returncode is None:
+        peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+        time.sleep(0.02)
+
+
+def _tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and its descendants, in KB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return 0
+    return rss + sum(_tree_rss_kb(child) for child in children)
 
 
 def count_sip_messages_with_siptrace(capture: Path) -> int:

@@ -7,6 +7,7 @@ answer is reported and skipped.
 """
 
 import sys
+from contextlib import contextmanager
 import tempfile
 import time
 import uuid
@@ -57,6 +58,24 @@ def _scratch(dialect: str, name: str, drop: bool = False) -> None:
         conn.close()
 
 
+@contextmanager
+def scratch_url(dialect: str, workdir: Path):
+    """A db_url to an empty scratch database of that backend, dropped afterwards."""
+    name = f"siptrace_bench_{uuid.uuid4().hex[:8]}"
+    template = SERVERS.get(dialect)
+    if template is None:
+        yield f"sqlite:///{workdir / (name + '.db')}"
+        return
+    _scratch(dialect, name)
+    try:
+        yield template.format(name=name)
+    finally:
+        try:
+            _scratch(dialect, name, drop=True)
+        except Exception:  # a server that went away: nothing left to drop
+            pass
+
+
 def _time_store(url: str, rows) -> float:
     store = TraceStore(url, "bench_store")
     store.connect()
@@ -89,25 +108,13 @@ def bench_storage(rows=None, n: int = 100_000, out=sys.stdout) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="siptrace-bench-") as tmp:
         tmp = Path(tmp)
-        backends = [("sqlite", None)] + list(SERVERS.items())
-        for dialect, template in backends:
-            name = f"siptrace_bench_{uuid.uuid4().hex[:8]}"
+        for dialect in ("sqlite", *SERVERS):
             try:
-                if template is None:
-                    url = f"sqlite:///{tmp / (name + '.db')}"
-                else:
-                    _scratch(dialect, name)
-                    url = template.format(name=name)
-                results[dialect] = {"insert": _time_store(url, rows),
-                                    "writer": _time_writer(url, rows, tmp / f"spool-{dialect}")}
+                with scratch_url(dialect, tmp) as url:
+                    results[dialect] = {"insert": _time_store(url, rows),
+                                        "writer": _time_writer(url, rows, tmp / f"spool-{dialect}")}
             except Exception as exc:  # a missing server is reported, not fatal
                 results[dialect] = {"error": f"{type(exc).__name__}: {exc}"}
-            finally:
-                if template is not None:
-                    try:
-                        _scratch(dialect, name, drop=True)
-                    except Exception:
-                        pass
     print(f"storage: {len(rows)} rows, {sum(len(r.msg) for r in rows) // len(rows)} bytes/msg average",
           file=out)
     for dialect, res in results.items():
