@@ -16,7 +16,7 @@ import signal
 import threading
 from collections import Counter, deque
 
-from siptrace.errors import SiptraceError
+from siptrace.errors import SiptraceError, StorageError
 from siptrace.store.process import spawn_store_process
 from siptrace.store.schema import check_table_name
 from siptrace.store.urls import parse_db_url
@@ -139,7 +139,12 @@ def _serve(db_url, table, spool_dir, spool_max_bytes, batches, results) -> None:
     received = 0
     try:
         kwargs = {} if spool_max_bytes is None else {"spool_max_bytes": spool_max_bytes}
-        writer = BatchWriter(TraceStore(db_url, table), spool=spool_dir or None, **kwargs)
+        store = TraceStore(db_url, table)
+        try:
+            store.connect()  # the table exists from the start, as an operator expects
+        except StorageError:
+            pass  # the database is down: the writer spools and retries
+        writer = BatchWriter(store, spool=spool_dir or None, **kwargs)
     except SiptraceError as exc:
         results.send(("done", {"last_error": str(exc)}))
         return
