@@ -2,15 +2,18 @@
 
 Per backend the fastest measured path (docs/storage.md): SQLite ``executemany`` of one
 prebuilt INSERT; MySQL/MariaDB one multi-row INSERT per ~1 MB with NO_BACKSLASH_ESCAPES
-(so quoting is one ``str.replace``); PostgreSQL COPY FROM STDIN in text format.
+(so quoting is one ``str.replace``), built column by column for the whole batch;
+PostgreSQL COPY FROM STDIN in text format.
 
 The first row of every batch is inserted on its own to learn its id: the batch's
 *marker*. A transaction is all or nothing, so "does the row with that id and identity
 exist?" answers whether a batch whose COMMIT outcome is unknown was stored.
 """
 
+from bisect import bisect_right
 from collections import Counter
 from datetime import datetime
+from itertools import accumulate
 from typing import Callable, NamedTuple, Sequence
 
 import peewee
@@ -57,7 +60,7 @@ class TraceStore:
         mark = "?" if self.dialect == "sqlite" else "%s"
         self._insert_one = (f"INSERT INTO {self.quoted_table} ({cols}) VALUES "
                             f"({', '.join([mark] * len(COLUMNS))})")
-        self._multi_prefix = f"INSERT INTO {self.quoted_table} ({cols}) VALUES "
+        self._mysql_prefix = f"INSERT INTO {self.quoted_table} ({cols}) VALUES ".encode("utf-8")
         self._copy_sql = f"COPY {self.quoted_table} ({cols}) FROM STDIN"
 
     def _q(self, name: str) -> str:
@@ -122,6 +125,29 @@ class TraceStore:
                 self.stats["truncated_" + column] += 1
         return vals
 
+    def _mysql_columns(self, rows: Sequence[TraceRow]) -> tuple[list, list]:
+        """The first row's values (as ``values()``) and every column quoted for MySQL.
+
+        Columns are checked whole (one join, ``isascii``, ``max(map(len))``); the
+        per-value work of ``values()`` runs only for a column that fails the check.
+        Quoted values are UTF-8 bytes ready for a NO_BACKSLASH_ESCAPES literal.
+        """
+        n = len(rows)
+        columns = list(zip(*rows))
+        columns[0] = list(map(str, columns[0]))
+        for i, column, width in _SHORT:
+            values = columns[i]
+            joined = "\x00".join(values)
+            if not joined.isascii() or joined.count("\x00") != n - 1:
+                values = columns[i] = [clean_text(v) for v in values]
+            if max(map(len, values)) > width:
+                self.stats["truncated_" + column] += sum(len(v) > width for v in values)
+                columns[i] = [v[:width] for v in values]
+        first = [c[0] for c in columns]
+        first[_MSG] = msg_to_text(first[_MSG])
+        quoted = [_quoted_msgs(c) if i == _MSG else _quoted_text(c) for i, c in enumerate(columns)]
+        return first, quoted
+
     # -- writes ---------------------------------------------------------------------
     def insert(self, rows: Sequence[TraceRow],
                before_commit: Callable[[Marker], None] | None = None) -> Marker | None:
@@ -134,14 +160,18 @@ class TraceStore:
         if not rows:
             return None
         self.connect()
-        values = [self.values(r) for r in rows]
+        if self.dialect == "mysql":
+            first, batch = self._mysql_columns(rows)
+        else:
+            batch = [self.values(r) for r in rows]
+            first = batch[0]
         conn = self.database.connection()
         committing = False
         marker = None
         try:
             cursor = conn.cursor()
             cursor.execute("BEGIN")
-            marker = self._insert_values(cursor, values)
+            marker = self._insert_values(cursor, first, batch)
             if before_commit is not None:
                 before_commit(marker)
             committing = True
@@ -153,7 +183,7 @@ class TraceStore:
             err.marker = marker
             self._abort(conn)
             raise err from None
-        self.stats["rows"] += len(values)
+        self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
         return marker
 
@@ -163,39 +193,39 @@ class TraceStore:
         except Exception:
             self.close()  # the connection is unusable: reconnect next time
 
-    def _insert_values(self, cursor, values: list) -> Marker:
-        first = values[0]
+    def _insert_values(self, cursor, first: list, batch: list) -> Marker:
+        """``batch``: the rows' values, or on MySQL the quoted columns."""
         if self.dialect == "postgresql":
             cursor.execute(self._insert_one + " RETURNING id", first)
             first_id = cursor.fetchone()[0]
-            if len(values) > 1:
+            if len(batch) > 1:
                 with cursor.copy(self._copy_sql) as copy:
-                    copy.write(_copy_text(values[1:]))
+                    copy.write(_copy_text(batch[1:]))
         elif self.dialect == "mysql":
-            cursor.execute(self._mysql_statement([first]))
+            cursor.execute(self._mysql_statement(batch, 0, 1))
             first_id = cursor.lastrowid
-            for statement in self._mysql_statements(values[1:]):
+            for statement in self._mysql_statements(batch, 1):
                 cursor.execute(statement)
         else:
             cursor.execute(self._insert_one, first)
             first_id = cursor.lastrowid
-            if len(values) > 1:
-                cursor.executemany(self._insert_one, values[1:])
+            if len(batch) > 1:
+                cursor.executemany(self._insert_one, batch[1:])
         return Marker(first_id, first[0], first[1], first[6], first[7])
 
-    def _mysql_statement(self, values: list) -> bytes:
-        tuples = ["('" + "','".join([v.replace("'", "''") for v in vals]) + "')" for vals in values]
-        return (self._multi_prefix + ",".join(tuples)).encode("utf-8")
+    def _mysql_statement(self, columns: list, start: int, stop: int) -> bytes:
+        """One multi-row INSERT of rows start..stop-1 of the quoted columns."""
+        rows = zip(*[values[start:stop] for values in columns])
+        return self._mysql_prefix + b"('" + b"'),('".join(map(b"','".join, rows)) + b"')"
 
-    def _mysql_statements(self, values: list):
-        start, size = 0, 0
-        for i, vals in enumerate(values):
-            size += len(vals[_MSG]) + 512
-            if size >= MYSQL_STATEMENT_BYTES:
-                yield self._mysql_statement(values[start:i + 1])
-                start, size = i + 1, 0
-        if start < len(values):
-            yield self._mysql_statement(values[start:])
+    def _mysql_statements(self, columns: list, start: int):
+        """INSERTs of about MYSQL_STATEMENT_BYTES each for rows start.. (msg + 512 a row)."""
+        ends = list(accumulate(len(m) + 512 for m in columns[_MSG]))
+        done = ends[start - 1] if start else 0
+        while start < len(ends):
+            stop = max(bisect_right(ends, done + MYSQL_STATEMENT_BYTES, start), start + 1)
+            yield self._mysql_statement(columns, start, stop)
+            start, done = stop, ends[stop - 1]
 
     # -- reads ----------------------------------------------------------------------
     def landed(self, marker: Marker) -> bool:
@@ -231,6 +261,38 @@ class TraceStore:
         except Exception as exc:
             self.close()
             raise storage_error(self.url, "ping", exc) from None
+
+
+def _quoted_text(values: Sequence[str]) -> list:
+    """The values as UTF-8 with ' doubled: one replace over them joined by NUL, which
+    stored text never holds (text.py)."""
+    joined = "\x00".join(values)
+    if "'" in joined:
+        joined = joined.replace("'", "''")
+    return joined.encode("utf-8").split(b"\x00")
+
+
+def _quoted_msgs(msgs: Sequence[bytes]) -> Sequence[bytes]:
+    """``_quoted_text`` of each msg_to_text(msg), straight from the bytes when a batch's
+    messages are all plain UTF-8 (then msg_to_text is the decode, and re-encoding gives
+    the same bytes).
+
+    Joined by NUL, the bytes decode only if each message is valid UTF-8 on its own (an
+    ASCII byte ends or starts no multi-byte sequence); no NUL or 0xEE in any message
+    leaves none of text.py's reserved characters.
+    """
+    joined = b"\x00".join(msgs)
+    if b"\xee" not in joined and joined.count(b"\x00") == len(msgs) - 1:
+        plain = joined.isascii()
+        if not plain:
+            try:
+                joined.decode("utf-8")
+                plain = True
+            except UnicodeDecodeError:
+                pass
+        if plain:
+            return joined.replace(b"'", b"''").split(b"\x00") if b"'" in joined else msgs
+    return _quoted_text([msg_to_text(m) for m in msgs])
 
 
 def _copy_text(values: list) -> str:
