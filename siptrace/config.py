@@ -15,16 +15,15 @@ from typing import Mapping
 
 from siptrace.direction import PROXY_FORMS, ProxyAddresses, parse_endpoint
 from siptrace.errors import ConfigError
+from siptrace.redact import MASK, SECRET_KEYS, redact_url
 
 SECTION = "siptrace"
 ENV_PREFIX = "SIPTRACE_"
 CONFIG_ENV = "SIPTRACE_CONFIG"  # the config file, when --config is not given
 MAX_FLAG = 31  # Kamailio/OpenSER message flags are bits 0..31 of a 32-bit mask
-MASK = "***"
 BOOL_WORDS = {"1": True, "on": True, "yes": True, "true": True,
               "0": False, "off": False, "no": False, "false": False}
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-SECRET_KEYS = ("hep_auth_key",)
 
 
 @dataclass(frozen=True, repr=False)
@@ -75,30 +74,6 @@ class Settings:
 
 
 KEYS = tuple(f.name for f in fields(Settings))
-
-
-# -- redaction ------------------------------------------------------------------------
-
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):(?P<secret>[^/?#]*)@")
-_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd|auth_key|secret)=)"
-                           r"(?P<secret>[^&#]*)")
-
-
-def redact_url(url: str) -> str:
-    """A URL with the password of ``user:password@`` and of ``?password=`` masked."""
-    url = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", url)
-    return _QUERY_SECRET.sub(lambda m: m["head"] + MASK, url)
-
-
-def redact(value):
-    """A JSON-like value with every password-bearing URL masked, recursively."""
-    if isinstance(value, str):
-        return redact_url(value) if "://" in value or "=" in value else value
-    if isinstance(value, dict):
-        return {k: MASK if k in SECRET_KEYS and v else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
 
 
 # -- values -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from siptrace.extract import SipExtractor
 from siptrace.store.livewriter import LiveWriter
 from siptrace.rows import trace_rows
 from siptrace.store import parse_db_url
-from siptrace.store.urls import redact_url
+from siptrace.redact import redact_url
 
 CAPTURE_POLL_S = 0.2  # the capture thread looks at its stop flag this often
 CAPTURE_QUEUE_BATCHES = 1024  # record batches (up to live.MAX_BATCH each) between threads

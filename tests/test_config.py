@@ -2,7 +2,8 @@
 
 import pytest
 
-from siptrace.config import KEYS, Settings, load_settings, redact, redact_url
+from siptrace.config import KEYS, Settings, load_settings
+from siptrace.redact import redact, redact_url
 from siptrace.direction import ProxyAddresses
 from siptrace.errors import ConfigError
 

@@ -4,7 +4,7 @@ import pytest
 
 from siptrace.errors import ConfigError, StorageError
 from siptrace.store import BatchWriter, TraceStore, parse_db_url, redact_url
-from siptrace.store.urls import scrub
+from siptrace.redact import scrub
 
 
 @pytest.mark.parametrize("url,dialect,database,host,port", [

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from typing import Callable
 
-from siptrace.config import redact
+from siptrace.redact import redact
 from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same, wake
 from siptrace.errors import ControlError
 

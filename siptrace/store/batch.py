@@ -15,7 +15,7 @@ from collections import Counter, deque
 from siptrace.errors import StorageError
 from siptrace.store.spool import Spool
 from siptrace.store.tracestore import TraceStore
-from siptrace.store.urls import scrub
+from siptrace.redact import scrub
 
 RETRY_INITIAL = 0.25  # seconds before the first reconnect attempt
 RETRY_MAX = 10.0

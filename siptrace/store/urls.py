@@ -10,22 +10,19 @@ Special characters in the user or password are percent-encoded (RFC 3986 section
 Query parameters (``?connect_timeout=3``) are passed to the driver.
 """
 
-import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
 
 from siptrace.errors import ConfigError, StorageError
+from siptrace.redact import redact_url, scrub
 
-REDACTED = "***"
 SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
 DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
 
 # user:password@ inside any URL-like text (RFC 3986 authority), and key=value DSN passwords.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(@)", re.IGNORECASE)
-_DSN_PASSWORD = re.compile(r"(\bpassw(?:or)?d\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -44,20 +41,6 @@ class DbUrl:
     @property
     def redacted(self) -> str:
         return redact_url(self.text)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (also for unparseable URLs)."""
-    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(2), url)
-
-
-def scrub(text: str, *secrets: str | None) -> str:
-    """Remove passwords from a message: known secrets, URL passwords, DSN password=..."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
-    return _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def parse_db_url(url: str) -> DbUrl:
