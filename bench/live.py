@@ -36,25 +36,25 @@ _SDP = ("v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.51\r\ns=-\r\n"
 
 
 def _request(method: str, cseq: int, vias: list[str], body: str = "") -> str:
-    via = "".join(f"Via: SIP/2.0/UDP {v}\r\n" for v in vias)
-    ctype = "Content-Type: application/sdp\r\n" if body else ""
-    return (f"{method} sip:service@{UAS[0]}:{UAS[1]} SIP/2.0\r\n{via}"
-            f"From: sipp <sip:sipp@{UAC[0]}:{UAC[1]}>;tag=%(n)dUAC\r\n"
-            f"To: service <sip:service@{PROXY[0]}:{PROXY[1]}>%(totag)s\r\n"
-            f"Call-ID: %(n)d-bench@{UAC[0]}\r\nCSeq: {cseq} {method}\r\n"
-            f"Contact: <sip:sipp@{UAC[0]}:{UAC[1]}>\r\nMax-Forwards: 70\r\n"
-            f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}")
+    return _message(f"{method} sip:service@{UAS[0]}:{UAS[1]} SIP/2.0", method, cseq, vias,
+                    f"Contact: <sip:sipp@{UAC[0]}:{UAC[1]}>\r\nMax-Forwards: 70\r\n", body)
 
 
 def _reply(status: str, method: str, cseq: int, vias: list[str], body: str = "") -> str:
+    return _message(f"SIP/2.0 {status}", method, cseq, vias,
+                    f"Contact: <sip:service@{UAS[0]}:{UAS[1]}>\r\n", body)
+
+
+def _message(start_line: str, method: str, cseq: int, vias: list[str], contact: str,
+             body: str) -> str:
+    """A SIPp message template (%(n)d, %(totag)s) of the benchmark's one dialog."""
     via = "".join(f"Via: SIP/2.0/UDP {v}\r\n" for v in vias)
     ctype = "Content-Type: application/sdp\r\n" if body else ""
-    return (f"SIP/2.0 {status}\r\n{via}"
+    return (f"{start_line}\r\n{via}"
             f"From: sipp <sip:sipp@{UAC[0]}:{UAC[1]}>;tag=%(n)dUAC\r\n"
             f"To: service <sip:service@{PROXY[0]}:{PROXY[1]}>%(totag)s\r\n"
             f"Call-ID: %(n)d-bench@{UAC[0]}\r\nCSeq: {cseq} {method}\r\n"
-            f"Contact: <sip:service@{UAS[0]}:{UAS[1]}>\r\n"
-            f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}")
+            f"{contact}{ctype}Content-Length: {len(body)}\r\n\r\n{body}")
 
 
 def call_flow() -> list[tuple[tuple, tuple, bytes]]:

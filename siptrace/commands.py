@@ -78,8 +78,8 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
     echo(f"messages traced:     {summary.traced_messages}")
     echo(f"rows stored:         {store_stats['rows_written']}")
     echo(f"non-SIP skipped:     {summary.non_sip}")
-    echo(f"malformed:           {summary.malformed} (packets {summary.counters['malformed_packets']}"
-         f" + {summary.counters['truncated_packets']} cut short, SIP rejected "
+    echo(f"malformed:           {summary.malformed} (packets {summary.counters['malformed']}"
+         f" + {summary.counters['truncated']} cut short, SIP rejected "
          f"{summary.counters['malformed_sip']}, SIP stored with defects "
          f"{summary.counters['sip_defects']})")
     for sample in summary.malformed_samples:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from siptrace.decode.layers import PacketDecoder
 from siptrace.decode.packet import TCP, UDP
-from siptrace.errors import DecodeError, SipParseError, TruncatedPacket
+from siptrace.errors import DecodeError, SipParseError
 from siptrace.sip.detect import TOKEN_TABLE
 from siptrace.sip.message import SipMessage
 from siptrace.sip.parser import parse_message
@@ -48,10 +48,10 @@ def _endpoint(transport: str, family: int, ip: str, port: int) -> str:
 class SipExtractor:
     """Feeds capture records through the decoders; returns the SIP messages found.
 
-    ``stats`` counts: packets, sip_messages, non_sip (UDP payloads that are not
-    SIP), malformed_packets, truncated_packets, malformed_sip (framed from a SIP
-    stream, rejected), sip_defects (stored, with what the parser tolerated: no
-    Call-ID, a bad CSeq...), plus the decoders' own counters (``packet_stats``,
+    ``stats`` counts: sip_messages, non_sip (UDP payloads that are not SIP),
+    malformed_sip (framed from a SIP stream, rejected), sip_defects (stored, with
+    what the parser tolerated: no Call-ID, a bad CSeq...); the decoders count the
+    rest, packets and malformed or truncated ones included (``packet_stats``,
     ``stream_stats``). ``malformed_samples`` keeps the last few problems, for the
     summary.
     """
@@ -62,8 +62,18 @@ class SipExtractor:
                  streams: TcpMessageAssembler | None = None):
         self.decoder = decoder or PacketDecoder()
         self.streams = streams or TcpMessageAssembler()
-        self.stats: Counter = Counter()
+        self._stats: Counter = Counter()
+        # The per-packet counts are plain ints (cheaper than a Counter update).
+        self._sip_messages = self._non_sip = 0
         self.malformed_samples: list[str] = []
+
+    @property
+    def stats(self) -> Counter:
+        """The counts (see the class docstring), the per-packet ones brought up to date."""
+        stats = self._stats
+        stats["sip_messages"] = self._sip_messages
+        stats["non_sip"] = self._non_sip
+        return stats
 
     @property
     def packet_stats(self) -> Counter:
@@ -75,15 +85,9 @@ class SipExtractor:
 
     def feed(self, ts_ns: int, linktype: int, data: bytes) -> list[WireMessage]:
         """Decode one capture record; the SIP messages it completes, in order."""
-        stats = self.stats
-        stats["packets"] += 1
         try:
             pkt = self.decoder.decode(ts_ns, linktype, data)
-        except TruncatedPacket:
-            stats["truncated_packets"] += 1
-            return []
-        except DecodeError:
-            stats["malformed_packets"] += 1
+        except DecodeError:  # counted by the decoder: truncated or malformed
             return []
         if pkt is None:
             return []
@@ -92,14 +96,14 @@ class SipExtractor:
             # once); most non-SIP payloads (RTP, STUN, TLS) fail on their first byte.
             payload = pkt.payload
             if not payload or not TOKEN_TABLE[payload[0]]:
-                stats["non_sip"] += 1
+                self._non_sip += 1
                 return []
             try:
                 message = parse_message(payload)
             except SipParseError:
-                stats["non_sip"] += 1
+                self._non_sip += 1
                 return []
-            stats["sip_messages"] += 1
+            self._sip_messages += 1
             if message.defects:
                 self._defective(message)
             return [WireMessage(pkt.ts_ns, "udp", pkt.family, pkt.src, pkt.sport,
@@ -135,7 +139,7 @@ class SipExtractor:
             message = self._parse(raw)
             if message is None:
                 continue
-            self.stats["sip_messages"] += 1
+            self._sip_messages += 1
             if message.defects:
                 self._defective(message)
             out.append(WireMessage(ts_ns, transport, family, src, sport, dst, dport, message))
@@ -145,12 +149,12 @@ class SipExtractor:
         try:
             return parse_message(raw)
         except SipParseError as exc:
-            self.stats["malformed_sip"] += 1
+            self._stats["malformed_sip"] += 1
             self._sample(str(exc))
             return None
 
     def _defective(self, message: SipMessage) -> None:
-        self.stats["sip_defects"] += 1
+        self._stats["sip_defects"] += 1
         self._sample(f"{', '.join(message.defects)} (Call-ID {message.call_id!r}, stored)")
 
     def _sample(self, problem: str) -> None:

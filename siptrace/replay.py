@@ -114,11 +114,11 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
 
 def _collect_counters(summary: ReplaySummary, extractor: SipExtractor) -> None:
     stats, packets, streams = extractor.stats, extractor.packet_stats, extractor.stream_stats
-    summary.packets = stats["packets"]
+    summary.packets = packets["packets"]
     summary.sip_messages = stats["sip_messages"]
     summary.non_sip = stats["non_sip"] + streams.get("non_sip_streams", 0)
-    summary.malformed = (stats["malformed_sip"] + stats["malformed_packets"]
-                         + stats["truncated_packets"] + stats["sip_defects"])
+    summary.malformed = (stats["malformed_sip"] + packets["malformed"]
+                         + packets["truncated"] + stats["sip_defects"])
     summary.fragments_incomplete = (packets.get("fragments_timed_out", 0)
                                     + packets.get("fragments_overflow", 0)
                                     + packets.get("fragments_incomplete", 0))

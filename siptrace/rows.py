@@ -3,6 +3,7 @@
 from datetime import datetime
 from typing import NamedTuple
 
+
 class TraceRow(NamedTuple):
     """One row of the sip_trace table, in the documented column order.
 
@@ -25,18 +26,11 @@ class TraceRow(NamedTuple):
 COLUMNS = TraceRow._fields
 EPOCH = datetime(1970, 1, 1)  # naive UTC, as the date column holds
 
-
+# Capture time as a naive UTC datetime, microseconds kept (rounded down):
+# utcfromtimestamp(ts_ns // 1000 / 1e6) is 3.5x faster than adding a timedelta to
+# EPOCH, and exact: whole microseconds as a float are within 0.25 us of their value
+# until the year 2242, and it rounds to the nearest microsecond.
 _from_seconds = datetime.utcfromtimestamp
-
-
-def capture_datetime(ts_ns: int) -> datetime:
-    """Capture time as a naive UTC datetime, microseconds kept (rounded down).
-
-    utcfromtimestamp is 3.5x faster than adding a timedelta, and exact here: whole
-    microseconds as a float are within 0.25 us of their value until the year 2242,
-    and it rounds to the nearest microsecond.
-    """
-    return _from_seconds(ts_ns // 1000 / 1e6)
 
 
 def trace_rows(wire, direction: str, traced_users=()) -> list[TraceRow]:

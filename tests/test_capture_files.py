@@ -289,3 +289,21 @@ def test_pcapng_twin_holds_the_same_records(real_pcaps_dir):
     pcap = list(open_capture(REAL_PCAPS / "MichalCab_ISA__sip.pcap"))
     pcapng = list(open_capture(REAL_PCAPS / "MichalCab_ISA__sip.pcap.pcapng"))
     assert len(pcap) == 175 and pcapng == pcap
+
+
+@pytest.mark.parametrize("tsresol, tsoffset, ts_units", [
+    (0, None, 1 << 40),  # seconds: far past 2106 (no datetime holds year 36812)
+    (6, -2_000_000_000, 1_700_000_000_000_000),  # before 1970
+])
+@pytest.mark.parametrize("chunk_size", [1 << 20, 64])  # block whole in the buffer, or not
+def test_pcapng_time_out_of_range_is_damage(tmp_path, tsresol, tsoffset, ts_units, chunk_size):
+    good = (ng_section("<") + ng_interface("<", 1)
+            + ng_packet("<", 0, 5, sip_frame(0)) + ng_interface("<", 1, tsresol, 0, tsoffset))
+    path = write(tmp_path, "t.pcapng", good + ng_packet("<", 1, ts_units, sip_frame(1))
+                 + ng_packet("<", 0, 7, sip_frame(2)))
+    records = []
+    with pytest.raises(TruncatedCapture) as info:
+        records.extend(CaptureFile(path, chunk_size))
+    assert records == [(5000, 1, sip_frame(0))]
+    assert str(info.value).startswith(f"{path}: damaged packet block (time ")
+    assert f"outside 1970-2106) at byte {len(good)}; 1 records read" in str(info.value)

@@ -1,6 +1,7 @@
 """The siptrace command as an operator runs it: rows, summary, and one-line errors."""
 
 import sqlite3
+import struct
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -130,6 +131,28 @@ def test_a_truncated_last_record_keeps_everything_before_it_and_warns(tmp_path):
     assert proc.returncode == 0
     assert "warning:" in proc.stderr and "truncated" in proc.stderr
     assert len(rows(db)) == 64
+
+
+def test_summary_counts_packets_and_malformed_ones_once(tmp_path):
+    records = list(CaptureFile(PCAPS / "kamailio-udp.pcap"))
+    ts, linktype, frame = records[0]
+    assert linktype == 1 and frame[14] == 0x45  # Ethernet, IPv4 without options
+    cut = bytearray(frame)
+    struct.pack_into("!H", cut, 16, len(frame) - 14 + 100)  # IPv4 total length past the end
+    bad = bytearray(frame)
+    bad[14] = 0x55  # IP version 5
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)]
+    for ts_ns, _, data in [*records, (ts, 1, bytes(cut)), (ts, 1, bytes(bad))]:
+        sec, ns = divmod(ts_ns, 1_000_000_000)
+        out.append(struct.pack("<IIII", sec, ns // 1000, len(data), len(data)) + data)
+    capture = tmp_path / "bad.pcap"
+    capture.write_bytes(b"".join(out))
+    db = tmp_path / "t.db"
+    out = siptrace("replay", capture, "--db-url", f"sqlite:///{db}", check=True).stdout
+    assert f"packets read:        {len(records) + 2}\n" in out
+    assert f"SIP messages:        {len(records)}\n" in out
+    assert "malformed:           2 (packets 1 + 1 cut short, SIP rejected 0, " \
+           "SIP stored with defects 0)" in out
 
 
 def test_a_dead_database_is_one_line_without_the_password(tmp_path):

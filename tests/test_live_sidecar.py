@@ -123,7 +123,12 @@ def test_decisions_decide_what_is_stored(tmp_path, wire):
         send_decision(tmp_path, {"callid": "x"})
         send_decision(tmp_path, b"{" + b" " * 70000 + b"}")
         send_decision(tmp_path, decision("never-on-the-wire", "z9hG4bKnone", 1 << 3))
-        assert wait_for(lambda: siptrace_status(control)["decisions_received"] == 7)
+        # Decisions (a socket) can be read before the packets (capture, then a queue,
+        # then the loop) are counted: wait for both.
+        def counted():
+            now = siptrace_status(control)
+            return now["decisions_received"] == 7 and now["sip_messages"] == 6
+        assert wait_for(counted)
         status = siptrace_status(control)
         assert lab.stop(proc) == 0
         summary = lab.output("siptrace")

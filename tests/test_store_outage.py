@@ -20,23 +20,36 @@ CHUNK = 50
 
 
 class Feeder(threading.Thread):
-    """Puts rows at a steady pace (about 20,000 rows/s) like a capture loop would."""
+    """Puts rows at a steady pace (about 20,000 rows/s) like a capture loop would.
 
-    def __init__(self, writer, rows):
+    With ``hold_at``, it stops after that many rows (``held`` is set) until ``go``
+    is set, so that a test can act between the two halves whatever the machine's speed.
+    """
+
+    def __init__(self, writer, rows, hold_at=None):
         super().__init__(daemon=True)
-        self.writer, self.rows = writer, rows
+        self.writer, self.rows, self.hold_at = writer, rows, hold_at
+        self.held, self.go = threading.Event(), threading.Event()
 
     def run(self):
         for i in range(0, len(self.rows), CHUNK):
+            if i == self.hold_at:
+                self.held.set()
+                assert self.go.wait(120), "the test never let the feeder go on"
             self.writer.put(self.rows[i:i + CHUNK])
             time.sleep(CHUNK / 20_000)
 
 
-def wait_drained(writer, timeout=60.0):
+def wait_for(condition, writer, timeout=60.0):
     deadline = time.monotonic() + timeout
-    while writer.stats["spool_depth"] or writer.stats["pending"]:
+    while not condition():
         assert time.monotonic() < deadline, writer.stats
-        time.sleep(0.1)
+        time.sleep(0.05)
+
+
+def wait_drained(writer, timeout=60.0):
+    wait_for(lambda: not (writer.stats["spool_depth"] or writer.stats["pending"]), writer,
+             timeout)
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
@@ -50,13 +63,15 @@ def test_server_stopped_under_load_and_writer_restarted_with_a_full_spool(dialec
         # Phase 0: the server goes away mid-run and comes back while the writer runs.
         writer = BatchWriter(TraceStore(db.url), max_rows=1000, max_delay=0.05,
                              spool=spool_dir, retry_max=0.5)
-        feeder = Feeder(writer, phases[0])
+        feeder = Feeder(writer, phases[0], hold_at=ROWS_PER_PHASE // 2)
         feeder.start()
-        time.sleep(0.3)
+        assert feeder.held.wait(60)
         try:
             stop_server(dialect)
-            time.sleep(0.5)
+            feeder.go.set()  # the second half arrives while the server is down
+            wait_for(lambda: writer.stats["errors"] >= 1, writer)
         finally:
+            feeder.go.set()
             start_server(dialect)
         feeder.join()
         wait_drained(writer)

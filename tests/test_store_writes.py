@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from siptrace.errors import StorageError
 from siptrace.store import BatchWriter, Spool, TraceStore
+from siptrace.store.process import ProcessWriter
 from storefixtures import any_db, make_rows, server_db  # noqa: F401  (fixtures)
 
 TESTS = Path(__file__).resolve().parent
@@ -42,6 +46,33 @@ def test_batch_writer_stores_every_row_once_in_order(any_db, tmp_path):
     assert stats["rows_written"] == len(rows) and stats["dropped"] == 0 and stats["errors"] == 0
     assert stats["pending"] == 0 and stats["spool_depth"] == 0
     assert callids(any_db) == [r.callid for r in rows]
+
+
+def test_process_writer_stores_every_row_once_in_order(any_db):
+    rows = make_rows(2500, "pw")
+    writer = ProcessWriter(any_db.url, "sip_trace")
+    for i in range(0, len(rows), 300):
+        writer.put(rows[i:i + 300])
+    writer.close(timeout=60)
+    assert writer.stats["rows_written"] == 2500
+    assert callids(any_db) == [r.callid for r in rows]
+
+
+@pytest.mark.parametrize("db_url, table, reason", [
+    ("bogus://x", "sip_trace", "unknown scheme 'bogus'"),
+    ("sqlite:///t.db", "a`b", "no quotes or NUL"),
+    ("postgres://postgres:s3cret@127.0.0.1:1/none?connect_timeout=1", "sip_trace", "connect"),
+])
+def test_process_writer_reports_bad_settings_and_a_dead_database_as_one_line(
+        db_url, table, reason, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    writer = ProcessWriter(db_url, table)
+    with pytest.raises(StorageError) as caught:
+        writer.put(make_rows(3, "x"))
+        writer.close(timeout=60)
+    message = str(caught.value)
+    assert reason in message and "\n" not in message and "s3cret" not in message
+    assert "Traceback" not in capfd.readouterr().err  # the child printed nothing either
 
 
 def test_full_queue_overflows_to_the_spool_and_full_spool_drops(tmp_path):

@@ -6,8 +6,8 @@ on its own. Errors, each one line naming the file:
 - CaptureFormatError, before any record: missing file, directory, not a capture,
   damaged file header;
 - TruncatedCapture, after every record before the problem: the file ends inside
-  a record, or a record/block header is damaged (a length no capture can have),
-  so nothing after it can be trusted.
+  a record, or a record/block header is damaged (a length or a time no capture
+  can have), so nothing after it can be trusted.
 """
 
 import os
@@ -19,6 +19,9 @@ from siptrace.errors import CaptureFormatError, TruncatedCapture
 CHUNK_SIZE = 1 << 20
 MAX_CAPLEN = 262144  # libpcap's and Wireshark's largest snapshot length
 MAX_BLOCK_LEN = 16 << 20  # a pcapng block larger than this is damaged
+# pcap's 32-bit seconds end in 2106; a pcapng time outside [1970, 2106) is damaged
+# (it would not fit a datetime column or a HEP header either).
+MAX_TIMESTAMP_NS = (1 << 32) * 1_000_000_000
 
 # pcap (draft-ietf-opsawg-pcap): magic as the file's first 4 bytes ->
 # (byte order, nanoseconds per fraction unit, record header length)
@@ -116,6 +119,10 @@ class CaptureFile:
         return TruncatedCapture(f"{self.name}: damaged {what} at byte {offset}; "
                                 f"{count} records read, the rest skipped")
 
+    def _bad_time(self, offset: int, ts_ns: int, count: int) -> TruncatedCapture:
+        return self._damaged(offset, f"packet block (time {ts_ns // 1_000_000_000} s "
+                                     f"outside 1970-2106)", count)
+
     def _truncated(self, offset: int, count: int) -> TruncatedCapture:
         self.records = count
         return TruncatedCapture(f"{self.name}: truncated record at byte {offset}; "
@@ -185,6 +192,8 @@ class CaptureFile:
                             and u32(buf, pos + blen - 4)[0] == blen):
                         linktype, mul, div, offset, _ = interfaces[iface]
                         last_ts = ((ts_high << 32) | ts_low) * mul // div + offset
+                        if not 0 <= last_ts < MAX_TIMESTAMP_NS:
+                            raise self._bad_time(base + pos, last_ts, count)
                         if caplen < origlen:
                             self.snap_truncated += 1
                         count += 1
@@ -235,6 +244,8 @@ class CaptureFile:
                                                         f"captured length {caplen})", count)
                     linktype, mul, div, offset, _ = interfaces[iface]
                     last_ts = ((ts_high << 32) | ts_low) * mul // div + offset
+                    if not 0 <= last_ts < MAX_TIMESTAMP_NS:
+                        raise self._bad_time(base + pos, last_ts, count)
                     start = pos + 28
                     if caplen < origlen:
                         self.snap_truncated += 1

@@ -16,73 +16,43 @@ from collections import Counter
 from typing import Callable
 
 from siptrace.redact import redact
-from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same, wake
+from siptrace.control.unixsock import POLL_S, UnixSocketServer
 from siptrace.errors import ControlError
 
 MAX_LINE = 4096  # a request line; longer is garbage
 MAX_REPLY = 1 << 20  # what the client reads of a reply
 MAX_CLIENTS = 8  # connections served at once; more are told to retry
 IDLE_TIMEOUT_S = 5.0
-POLL_S = 0.2
 COMMANDS = ("on", "off", "sip_trace on|off", "status", "help")
 SWITCH_WORDS = {"on": True, "off": False}
 
 log = logging.getLogger("siptrace.control")
 
 
-class ControlServer:
+class ControlServer(UnixSocketServer):
     """Serves the control socket in threads.
 
     ``switch(on)`` turns tracing on or off; ``status()`` returns a JSON-ready dict
     (trace state and counters). Both run in a connection thread: they must be
-    thread-safe. Status output is passed through ``config.redact`` as a last guard
+    thread-safe. Replies are passed through ``siptrace.redact.redact`` as a last guard
     against passwords. ``stats``: connections, commands, errors, busy.
     """
 
+    KIND = socket.SOCK_STREAM
+    THREAD_NAME = "siptrace-control"
+
     def __init__(self, path, *, switch: Callable[[bool], None], status: Callable[[], dict],
                  mode: int = 0o600, key: str = "control_socket"):
-        self.path = os.fspath(path)
+        super().__init__(path, mode, key)
         self.switch = switch
         self.status = status
-        self.mode = mode
-        self.key = key
         self.stats: Counter = Counter()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._identity = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> "ControlServer":
-        sock = bind_unix_socket(self.path, socket.SOCK_STREAM, self.mode, self.key)
+    def _prepare(self, sock: socket.socket) -> None:
         sock.listen(MAX_CLIENTS)
-        sock.settimeout(POLL_S)
-        self._sock = sock
-        self._identity = socket_identity(self.path)
-        self._thread = threading.Thread(target=self._accept_loop, name="siptrace-control",
-                                        daemon=True)
-        self._thread.start()
-        return self
 
-    def __enter__(self) -> "ControlServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            wake(self.path, socket.SOCK_STREAM)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            unlink_if_same(self.path, self._identity)
-
-    def _accept_loop(self) -> None:
+    def _serve_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()

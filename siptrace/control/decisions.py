@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from decimal import Decimal, InvalidOperation
 
-from siptrace.control.unixsock import bind_unix_socket, socket_identity, unlink_if_same, wake
+from siptrace.control.unixsock import POLL_S, UnixSocketServer
 from siptrace.correlate.decision import (MAX_DECISION_BYTES, Decision, decision_from_object,
                                          parse_decision)
 from siptrace.correlate.correlator import Correlator
@@ -24,14 +24,13 @@ from siptrace.direction import ProxyAddresses
 from siptrace.errors import ConfigError, DecodeError
 
 RECEIVE_BUFFER = 4 << 20  # SO_RCVBUF asked for: bursts of decisions while the loop is busy
-POLL_S = 0.2  # how often the reader thread looks at its stop flag
 FLUSH_S = 1.0  # the recording is flushed at least this often
 MAX_RECENT_ERRORS = 8
 NS = 10**9
 MAX_EPOCH_S = 10**11  # a receive time past this is garbage, not a date
 
 
-class DecisionSocket:
+class DecisionSocket(UnixSocketServer):
     """A Unix datagram socket the proxy sends its decisions to; read in a thread.
 
     ``stats``: datagrams, decisions (queued), malformed, oversize (also malformed),
@@ -39,44 +38,26 @@ class DecisionSocket:
     refused.
     """
 
+    KIND = socket.SOCK_DGRAM
+    THREAD_NAME = "siptrace-decisions"
+
     def __init__(self, path, *, mode: int = 0o660, max_queue: int = 100_000,
                  recorder: "DecisionRecorder | None" = None, clock=time.time_ns,
                  key: str = "decision_socket"):
-        self.path = os.fspath(path)
-        self.mode = mode
+        super().__init__(path, mode, key)
         self.max_queue = max_queue
         self.recorder = recorder
         self.clock = clock
-        self.key = key
         self.stats: Counter = Counter()
         self.recent_errors: deque[str] = deque(maxlen=MAX_RECENT_ERRORS)
         self._queue: deque = deque()
         self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._identity = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> "DecisionSocket":
-        """Create the socket (ConfigError naming the key when it cannot) and start reading."""
-        sock = bind_unix_socket(self.path, socket.SOCK_DGRAM, self.mode, self.key)
+    def _prepare(self, sock: socket.socket) -> None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         except OSError:
             pass  # the kernel caps it at rmem_max; what we get is still used
-        sock.settimeout(POLL_S)
-        self._sock = sock
-        self._identity = socket_identity(self.path)
-        self._thread = threading.Thread(target=self._read_loop, name="siptrace-decisions",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def __enter__(self) -> "DecisionSocket":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -97,20 +78,11 @@ class DecisionSocket:
 
     def close(self) -> None:
         """Stop reading, close and remove the socket file (if it is still ours)."""
-        self._stop.set()
-        if self._sock is not None:
-            wake(self.path, socket.SOCK_DGRAM)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            unlink_if_same(self.path, self._identity)
+        super().close()
         if self.recorder is not None:
             self.recorder.flush()
 
-    def _read_loop(self) -> None:
+    def _serve_loop(self) -> None:
         sock, stats, stop = self._sock, self.stats, self._stop
         while not stop.is_set():
             try:

@@ -1,12 +1,72 @@
-"""Unix socket files: their directory, a stale file left by a crash, their mode."""
+"""Unix socket files: their directory, a stale file left by a crash, their mode; the
+lifecycle of a socket served by one thread (the decision and control sockets)."""
 
 import os
 import socket
 import stat
+import threading
 
 from siptrace.errors import ConfigError
 
 DIRECTORY_MODE = 0o755
+POLL_S = 0.2  # how often a serving thread looks at its stop flag
+
+
+class UnixSocketServer:
+    """A Unix socket of ``KIND`` served by one thread running ``_serve_loop``.
+
+    ``start()`` binds it (ConfigError naming ``key`` when it cannot) and starts the
+    thread; ``close()`` stops the thread and removes the socket file if it is still
+    ours. The thread polls ``self._stop`` every POLL_S (the socket's timeout).
+    """
+
+    KIND = socket.SOCK_STREAM
+    THREAD_NAME = "siptrace-unix"
+
+    def __init__(self, path, mode: int, key: str):
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.key = key
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._identity = None
+        self._thread: threading.Thread | None = None
+
+    def start(self):
+        sock = bind_unix_socket(self.path, self.KIND, self.mode, self.key)
+        self._prepare(sock)
+        sock.settimeout(POLL_S)
+        self._sock = sock
+        self._identity = socket_identity(self.path)
+        self._thread = threading.Thread(target=self._serve_loop, name=self.THREAD_NAME,
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving, close and remove the socket file (if it is still ours)."""
+        self._stop.set()
+        if self._sock is not None:
+            wake(self.path, self.KIND)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            unlink_if_same(self.path, self._identity)
+
+    def _prepare(self, sock: socket.socket) -> None:
+        """Socket options before serving (listen, buffer sizes)."""
+
+    def _serve_loop(self) -> None:
+        raise NotImplementedError
 
 
 def bind_unix_socket(path: str, kind: int, mode: int, key: str) -> socket.socket:

@@ -14,7 +14,8 @@ from struct import error as StructError
 from siptrace.decode import ip, link, transport, tunnels
 from siptrace.decode.fragments import FragmentReassembler
 from siptrace.decode.ip import IP_PROTO
-from siptrace.decode.packet import TransportPacket
+from siptrace.decode.packet import TCP, UDP, TransportPacket
+from siptrace.decode.transport import TCP_HEADER, UDP_HEADER
 from siptrace.errors import DecodeError, TruncatedPacket
 
 # The fast path: Ethernet (with at most one 802.1Q tag) or Linux SLL, then an
@@ -24,8 +25,6 @@ from siptrace.errors import DecodeError, TruncatedPacket
 _LINK_IPV4 = Struct("!12xHBxH2xHxB")
 _FAST_LINKS = {link.LINKTYPE_ETHERNET: 0, link.LINKTYPE_LINUX_SLL: 2}
 _IPV4_FRAGMENTED = ip.IPV4_MORE_FRAGMENTS | ip.IPV4_OFFSET_MASK
-_UDP_PORTS_LENGTH = Struct("!HHH")
-_TCP_FIELDS = Struct("!HHI4xH")
 
 MAX_LAYERS = 24  # nesting bound: hostile packets cannot loop or recurse
 
@@ -45,8 +44,8 @@ LAYERS = {
     IP_PROTO + ip.IPPROTO_AH: ip.authentication_header,
     IP_PROTO + ip.IPPROTO_ESP: ip.encrypted,
     IP_PROTO + ip.IPPROTO_GRE: tunnels.gre,
-    IP_PROTO + 17: transport.udp,
-    IP_PROTO + 6: transport.tcp,
+    IP_PROTO + UDP: transport.udp,
+    IP_PROTO + TCP: transport.tcp,
 }
 
 
@@ -114,7 +113,7 @@ class PacketDecoder:
                 if step.__class__ is not tuple:
                     if step is None:
                         pass
-                    elif step.proto == 17:
+                    elif step.proto == UDP:
                         self._udp += 1
                     else:
                         self._tcp += 1
@@ -139,7 +138,7 @@ class PacketDecoder:
         if proto == 17:
             if total < 28:
                 return None
-            sport, dport, length = _UDP_PORTS_LENGTH.unpack_from(data, l4)
+            sport, dport, length = UDP_HEADER.unpack_from(data, l4)
             if not 8 <= length <= total - 20:
                 return None
             raw = data[l3 + 12:l4]
@@ -150,7 +149,7 @@ class PacketDecoder:
         if proto == 6:
             if total < 40:
                 return None
-            sport, dport, seq, offset_flags = _TCP_FIELDS.unpack_from(data, l4)
+            sport, dport, seq, offset_flags = TCP_HEADER.unpack_from(data, l4)
             header_len = (offset_flags >> 12) << 2
             if not 20 <= header_len <= total - 20:
                 return None

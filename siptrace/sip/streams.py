@@ -123,7 +123,7 @@ class TcpMessageAssembler:
             if gap:
                 d.framer = SipStreamFramer(self.stats, synced=False,
                                            max_message=self.max_message)
-        out = self._data(key, d, ts, data, gap) if data else []
+        out = self._data(d, ts, data, gap) if data else []
         if end:
             if d.framer is not None:
                 d.framer.finish()
@@ -132,7 +132,7 @@ class TcpMessageAssembler:
             del self._directions[key]
         return out
 
-    def _data(self, key, d: _Direction, ts: int, data: bytes, gap: bool) -> list[Message]:
+    def _data(self, d: _Direction, ts: int, data: bytes, gap: bool) -> list[Message]:
         kind = d.kind
         if kind == _SIP:
             framer = d.framer
@@ -146,7 +146,7 @@ class TcpMessageAssembler:
                 return []
             d.kind = _SIP  # a gap: look for SIP again
             d.framer = SipStreamFramer(self.stats, synced=False, max_message=self.max_message)
-            return self._data(key, d, ts, data, gap)
+            return self._data(d, ts, data, gap)
         if kind == _WS:
             messages = []
             for t, payload in d.ws.feed(data, ts, gap):
@@ -195,7 +195,7 @@ class TcpMessageAssembler:
         d.kind = _WS
         d.ws = WebSocketDecoder(self.stats, max_message=self.max_message)
         self.stats["ws_streams"] += 1
-        return self._data(key, d, ts, head[end:], False) if len(head) > end else []
+        return self._data(d, ts, head[end:], False) if len(head) > end else []
 
     def _to_sip(self, d: _Direction, ts: int, data: bytes, synced: bool) -> list[Message]:
         d.kind = _SIP

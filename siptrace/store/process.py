@@ -11,9 +11,8 @@ import fcntl
 import multiprocessing
 import pickle
 import signal
-from collections import Counter
 
-from siptrace.errors import StorageError
+from siptrace.errors import SiptraceError, StorageError
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl(2)
 PIPE_BYTES = 8 << 20
@@ -128,9 +127,9 @@ def _serve(db_url, table, batches, results) -> None:
             store.insert(rows)
             written += len(rows)
             batches_done += 1
-        stats = Counter({k: v for k, v in store.stats.items() if k.startswith("truncated_")})
+        stats = {k: v for k, v in store.stats.items() if k.startswith("truncated_")}
         results.send(("done", {"rows_written": written, "batches": batches_done, **stats}))
-    except StorageError as exc:
+    except SiptraceError as exc:  # a dead database, or a bad db_url or table name
         results.send(("error", str(exc)))
     finally:
         if store is not None:

@@ -22,8 +22,6 @@ SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "post
 DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
 
-# user:password@ inside any URL-like text (RFC 3986 authority), and key=value DSN passwords.
-
 
 @dataclass(frozen=True)
 class DbUrl:
@@ -77,7 +75,7 @@ def parse_db_url(url: str) -> DbUrl:
 def _options(db_url: DbUrl) -> dict:
     opts = {}
     for key, value in db_url.options:
-        opts[key] = int(value) if value.isdigit() else value
+        opts[key] = int(value) if value.isascii() and value.isdigit() else value
     return opts
 
 
