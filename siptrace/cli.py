@@ -173,13 +173,12 @@ def purge(
                   if result.partitions_dropped else ""))
 
 
-CONTROL_SOCKET_HELP = "The control socket of the running `siptrace run`."
-DEFAULT_CONTROL_SOCKET = "/run/siptrace/control.sock"
+CONTROL_SOCKET = typer.Option("/run/siptrace/control.sock", "--control-socket",
+                              help="The control socket of the running `siptrace run`.")
 
 
 @app.command()
-def on(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
-                                           help=CONTROL_SOCKET_HELP)):
+def on(control_socket: Path = CONTROL_SOCKET):
     """Switch tracing on at run time, like `openserctl fifo sip_trace on`.
 
     Example:
@@ -192,8 +191,7 @@ def on(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-so
 
 
 @app.command()
-def off(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
-                                            help=CONTROL_SOCKET_HELP)):
+def off(control_socket: Path = CONTROL_SOCKET):
     """Switch tracing off at run time: nothing is stored or mirrored until `on`.
 
     Example:
@@ -206,8 +204,7 @@ def off(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-s
 
 
 @app.command()
-def status(control_socket: Path = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
-                                               help=CONTROL_SOCKET_HELP),
+def status(control_socket: Path = CONTROL_SOCKET,
            json_output: bool = typer.Option(False, "--json", help="The reply as JSON.")):
     """Show trace state and counters of the running sidecar.
 
