@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 from siptrace.capture.files import CaptureFile
 from siptrace.errors import TruncatedCapture
 from siptrace.extract import SipExtractor, WireMessage
-from siptrace.rows import trace_rows
+from siptrace.rows import trace_row, trace_rows
 
 ROWS_PER_PUT = 1000
 PROGRESS_EVERY = 4096  # records between progress callbacks
@@ -69,6 +69,11 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
     traced_count = 0
     last_ts = 0
 
+    def flush() -> None:
+        summary.rows += len(rows)
+        row_sink.put(rows[:])
+        rows.clear()
+
     def store(traced) -> None:
         nonlocal traced_count
         for wire, direction, users in traced:
@@ -77,10 +82,11 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
             if mirror is not None:
                 mirror.send(wire)
         if len(rows) >= ROWS_PER_PUT:
-            summary.rows += len(rows)
-            row_sink.put(rows[:])
-            rows.clear()
+            flush()
 
+    # A plain Tracer traces every message, one row each: the loop asks the proxy for
+    # the direction itself, without on_packet's and store's per-message lists.
+    direction_of = tracer.proxy.direction if type(tracer) is Tracer else None
     for path in paths:
         summary.files += 1
         capture = CaptureFile(path)
@@ -90,7 +96,15 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
         try:
             for count, (ts_ns, linktype, data) in enumerate(capture, 1):
                 for wire in feed(ts_ns, linktype, data):
-                    store(on_packet(wire, ts_ns))
+                    if direction_of is None:
+                        store(on_packet(wire, ts_ns))
+                        continue
+                    traced_count += 1
+                    rows.append(trace_row(wire, direction_of(wire)))
+                    if mirror is not None:
+                        mirror.send(wire)
+                    if len(rows) >= ROWS_PER_PUT:
+                        flush()
                 if on_progress is not None and count % PROGRESS_EVERY == 0:
                     on_progress(capture.position - reported)
                     reported = capture.position

@@ -33,19 +33,30 @@ EPOCH = datetime(1970, 1, 1)  # naive UTC, as the date column holds
 _from_seconds = datetime.utcfromtimestamp
 
 
-def trace_rows(wire, direction: str, traced_users=()) -> list[TraceRow]:
-    """The rows the module stores for one traced message.
+# TraceRow(...) runs a Python-level __new__; tuple.__new__ builds the same row in C,
+# at half the cost (one row per traced message).
+_new_row = tuple.__new__
 
-    One row with traced_user '' and one more per traced_user AVP value. For a
-    reply, method is the CSeq method and status the numeric code.
+
+def trace_row(wire, direction: str) -> TraceRow:
+    """The row the module stores for one traced message, traced_user ''.
+
+    For a reply, method is the CSeq method and status the numeric code.
     """
     sip = wire.sip
     if sip.status is None:
         method, status = sip.method, ""
     else:
         method, status = sip.cseq_method, str(sip.status)
-    row = TraceRow(_from_seconds(wire.ts_ns // 1000 / 1e6), sip.call_id, "", sip.raw,
-                   method, status, wire.source, wire.destination, sip.from_tag, direction)
+    return _new_row(TraceRow, (_from_seconds(wire.ts_ns // 1000 / 1e6), sip.call_id, "",
+                               sip.raw, method, status, wire.source, wire.destination,
+                               sip.from_tag, direction))
+
+
+def trace_rows(wire, direction: str, traced_users=()) -> list[TraceRow]:
+    """The rows the module stores for one traced message: ``trace_row`` and one
+    more per traced_user AVP value."""
+    row = trace_row(wire, direction)
     if not traced_users:
         return [row]
     return [row, *(row._replace(traced_user=user) for user in traced_users)]

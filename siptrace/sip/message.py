@@ -15,14 +15,14 @@ class SipMessage:
     "no Call-ID", "bad Content-Length"); empty for a clean message.
 
     The To header and the Via headers are kept raw and read on demand (``to_tag``,
-    ``via_branches``): storing a message needs neither, correlating it does.
+    ``via_branches``): storing a message needs neither, correlating it does. The
+    Request-URI and the reason phrase, needed by neither, are decoded on demand too.
     """
 
     raw: bytes
+    start_line: bytes  # without its line end
     method: str | None
-    request_uri: str | None
     status: int | None
-    reason: str | None
     call_id: str
     cseq_num: int
     cseq_method: str
@@ -35,6 +35,20 @@ class SipMessage:
     @property
     def is_request(self) -> bool:
         return self.status is None
+
+    @property
+    def request_uri(self) -> str | None:
+        """The Request-URI of a request; None for a reply."""
+        if self.status is not None:
+            return None
+        return self.start_line.split(b" ")[1].decode("utf-8", "replace")
+
+    @property
+    def reason(self) -> str | None:
+        """The reason phrase of a reply ('' when there is none); None for a request."""
+        if self.status is None:
+            return None
+        return self.start_line[12:].decode("utf-8", "replace")
 
     @property
     def to_tag(self) -> str:

@@ -13,7 +13,7 @@ def header_tag(value: bytes) -> str:
         gt = value.rfind(b">")
         m = _TAG.search(value, gt + 1)
         return m.group(1).decode("utf-8", "replace") if m else ""
-    tag = value[i + 5:].split(b";", 1)[0].split(None, 1)
+    tag = value[i + 5:].partition(b";")[0].split(None, 1)
     return tag[0].decode("utf-8", "replace") if tag else ""
 
 
@@ -23,7 +23,7 @@ def via_branch(via: bytes) -> str:
     if i < 0:
         m = _BRANCH.search(via)
         return m.group(1).decode("utf-8", "replace") if m else ""
-    branch = via[i + 8:].split(b";", 1)[0].split(None, 1)
+    branch = via[i + 8:].partition(b";")[0].split(None, 1)
     return branch[0].decode("utf-8", "replace") if branch else ""
 
 

@@ -27,7 +27,8 @@ from siptrace.sip.params import header_tag, split_header_values  # noqa: F401 (r
 MAX_HEADER_LINES = 512  # lines split off for the fast path; longer headers take the slow one
 MAX_DIGITS = 18  # longer CSeq numbers and Content-Lengths are garbage (int() caps at 4300)
 
-# Header keys the parser keeps; 0 means "known, not needed".
+# Header keys the parser keeps; 0 means "known, not needed". They are also the
+# indexes of the scan result (see _scan), which parse_message unpacks in this order.
 _VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTENT_LENGTH = 1, 2, 3, 4, 5, 6
 
 # Lower-cased names of the headers kept, with their compact forms (RFC 3261 section
@@ -73,6 +74,18 @@ def _spellings(names: dict) -> dict:
 _EXACT = _spellings({**{name: 0 for name in _SKIPPED}, **_WANTED})
 _EXACT.update({b"Call-ID": _CALL_ID, b"CSeq": _CSEQ, b"WWW-Authenticate": 0})
 
+# Status-Code = 3DIGIT (RFC 3261 section 25.1): every one, looked up rather than
+# checked and converted.
+_STATUS_CODES = {b"%03d" % code: code for code in range(1000)}
+# Decimal numbers below 1000 as usually written (no leading zero): most CSeq numbers
+# and Content-Lengths, looked up rather than checked and converted.
+_SMALL_NUMBERS = {b"%d" % number: number for number in range(1000)}
+# Common methods, already checked and decoded (RFC 3261, 3262, 3311, 3428, 3515, 3903,
+# 6086, 6665): a dict hit costs less than the token check and the decode.
+_METHODS = {name.encode(): name for name in (
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK", "UPDATE", "MESSAGE",
+    "REFER", "PUBLISH", "INFO", "SUBSCRIBE", "NOTIFY")}
+
 _FOLD = re.compile(rb"\r?\n[ \t]+")  # LWS line folding, RFC 3261 section 7.3.1
 
 
@@ -89,79 +102,86 @@ def parse_message(raw: bytes) -> SipMessage:
     line = lines[0]
     if line[-1:] == b"\r":
         line = line[:-1]
-    method = request_uri = reason = status = None
+    method = status = None
     if line[:8] == STATUS_PREFIX:
-        code = line[8:11]
-        if not code.isdigit() or len(code) != 3 or line[11:12] not in (b" ", b""):
+        status = _STATUS_CODES.get(line[8:11])
+        if status is None or line[11:12] not in (b" ", b""):
             raise SipParseError("bad status code in the status line")
-        status = int(code)
-        reason = line[12:].decode("utf-8", "replace")
     else:
         parts = line.split(b" ")
-        if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[0] \
-                or parts[0].translate(None, TOKEN_CHARS) or parts[1].find(b":") <= 0:
-            raise SipParseError("start line is neither a request nor a status line"
-                                if raw else "empty message")
-        method = parts[0].decode("ascii")
-        request_uri = parts[1].decode("utf-8", "replace")
+        method = _METHODS.get(parts[0]) if len(parts) == 3 else None
+        if method is None:
+            if len(parts) != 3 or not parts[0] or parts[0].translate(None, TOKEN_CHARS):
+                raise SipParseError("start line is neither a request nor a status line"
+                                    if raw else "empty message")
+            method = parts[0].decode("ascii")
+        if parts[2] != SIP_VERSION or parts[1].find(b":") <= 0:
+            raise SipParseError("start line is neither a request nor a status line")
     if header_end:
-        found, vias, ended = _scan(lines, raw)
+        found, ended = _scan(lines, raw)
     elif len(lines) == 1:
         raise SipParseError("no line end after the start line")
     else:
-        found, vias, ended = _scan_slow(lines)
-    defects = [] if ended else ["no end of headers"]
-    call_id = found.get(_CALL_ID)
+        found, ended = _scan_slow(lines)
+    _, vias, from_tag, to_header, call_id, cseq, content_length = found
+    # Defects are rare: a tuple grown when one is found, not a list per message.
+    defects = () if ended else ("no end of headers",)
     if call_id is None:
         call_id = ""
-        defects.append("no Call-ID")
+        defects += ("no Call-ID",)
     else:
         call_id = call_id.strip().decode("utf-8", "replace")
     cseq_num, cseq_method = 0, ""
-    cseq = found.get(_CSEQ)
     if cseq is None:
-        defects.append("no CSeq")
+        defects += ("no CSeq",)
     else:
         cseq = cseq.split()
-        if cseq and cseq[0].isdigit() and len(cseq[0]) <= MAX_DIGITS:
-            cseq_num = int(cseq[0])
-            if len(cseq) > 1:
-                cseq_method = cseq[1].decode("utf-8", "replace")
+        number = _SMALL_NUMBERS.get(cseq[0]) if cseq else None
+        if number is None and cseq and cseq[0].isdigit() and len(cseq[0]) <= MAX_DIGITS:
+            number = int(cseq[0])
+        if number is None:
+            defects += ("bad CSeq",)
         else:
-            defects.append("bad CSeq")
-    from_tag = found.get(_FROM)
+            cseq_num = number
+            if len(cseq) > 1:
+                cseq_method = _METHODS.get(cseq[1]) or cseq[1].decode("utf-8", "replace")
     if from_tag is None:
         from_tag = ""
-        defects.append("no From")
+        defects += ("no From",)
     else:
         from_tag = header_tag(from_tag)
-    content_length = found.get(_CONTENT_LENGTH)
     if content_length is not None:
-        content_length = content_length.strip()
-        if content_length.isdigit() and len(content_length) <= MAX_DIGITS:
-            content_length = int(content_length)
-        else:
-            content_length = 0
-            defects.append("bad Content-Length")
-    return SipMessage(raw, method, request_uri, status, reason, call_id, cseq_num,
-                      cseq_method, from_tag, found.get(_TO), vias, content_length,
-                      tuple(defects) if defects else ())
+        digits = content_length.strip()
+        content_length = _SMALL_NUMBERS.get(digits)
+        if content_length is None:
+            if digits.isdigit() and len(digits) <= MAX_DIGITS:
+                content_length = int(digits)
+            else:
+                content_length = 0
+                defects += ("bad Content-Length",)
+    return SipMessage(raw, line, method, status, call_id, cseq_num, cseq_method, from_tag,
+                      to_header, vias, content_length, defects)
 
 
-def _scan(lines: list, raw: bytes) -> tuple[dict, list, bool]:
-    """Header key -> first value, the Via values, and True (the header section ends),
-    from ``lines[1:]``, a header section with CRLF line ends only. A folded line sends
-    the whole message to ``_scan_slow``."""
+def _scan(lines: list, raw: bytes) -> tuple[list, bool]:
+    """The headers found, and True (the header section ends), from ``lines[1:]``, a
+    header section with CRLF line ends only. A folded line sends the whole message
+    to ``_scan_slow``.
+
+    The headers found are a list indexed by header key: the first value (None when
+    missing), and at ``_VIA`` the list of every Via value. A list, not a dict: the
+    parser unpacks it in one step.
+    """
     exact = _EXACT
-    found = {}
     vias = []
+    found = [None, vias, None, None, None, None, None]
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         key = exact.get(name)
         if key:
             if key == _VIA:
                 vias.append(value)
-            elif key not in found:
+            elif found[key] is None:
                 found[key] = value
         elif key is None:
             if name[:1] in (b" ", b"\t", b""):  # folded
@@ -170,12 +190,12 @@ def _scan(lines: list, raw: bytes) -> tuple[dict, list, bool]:
             if key and colon:
                 if key == _VIA:
                     vias.append(value)
-                elif key not in found:
+                elif found[key] is None:
                     found[key] = value
-    return found, vias, True
+    return found, True
 
 
-def _scan_slow(lines: list) -> tuple[dict, list, bool]:
+def _scan_slow(lines: list) -> tuple[list, bool]:
     """``_scan`` for the rest: bare LF line ends, folded lines (RFC 3261 section 7.3.1),
     no empty line after the headers, more than ``MAX_HEADER_LINES`` lines."""
     text = b"\n".join(lines[1:])
@@ -189,14 +209,14 @@ def _scan_slow(lines: list) -> tuple[dict, list, bool]:
     ended = end >= 0
     if not ended:
         end = len(text)
-    found = {}
     vias = []
+    found = [None, vias, None, None, None, None, None]  # as in _scan
     for line in _FOLD.sub(b" ", text[:end]).lstrip(b" \t").split(b"\n"):
         name, colon, value = line.partition(b":")
         key = _WANTED.get(name.strip().lower())
         if key and colon:
             if key == _VIA:
                 vias.append(value)
-            elif key not in found:
+            elif found[key] is None:
                 found[key] = value
-    return found, vias, ended
+    return found, ended
