@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := tshark tcpdump sip-tester kamailio kamailio-python3-modules sngrep
+DEBIAN_PACKAGES := tshark tcpdump sip-tester kamailio kamailio-python3-modules \
+	kamailio-sqlite-modules sngrep chromium chromium-driver
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench venv debian-packages databases clean
@@ -40,7 +41,8 @@ databases:
 demo: venv
 	rm -f siptrace.db
 	$(BIN)/siptrace replay pcaps/kamailio-udp.pcap --db-url sqlite:///siptrace.db --proxy 127.0.0.1:5060
-	$(BIN)/siptrace show --db-url sqlite:///siptrace.db --limit 20
+	$(BIN)/siptrace calls --db-url sqlite:///siptrace.db
+	$(BIN)/siptrace flow --db-url sqlite:///siptrace.db 1-28455@127.0.0.1
 
 test: venv debian-packages databases
 	$(BIN)/python -m pytest -q
@@ -49,4 +51,4 @@ bench: venv debian-packages databases
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) siptrace.db .pytest_cache .hypothesis
+	rm -rf $(VENV) siptrace.db .pytest_cache .hypothesis test-artifacts

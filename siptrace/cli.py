@@ -17,32 +17,51 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DB_URL_HELP = "Database URL (module parameter db_url): sqlite:///PATH, mysql://, postgres://"
-TABLE_HELP = "Table name (module parameter table)."
+DB_URL_HELP = ("Database URL (module parameter db_url): sqlite:///PATH, mysql://USER@HOST/DB, "
+               "postgres://USER@HOST/DB. Put a password in the config file or SIPTRACE_DB_URL, "
+               "not here (ps shows arguments). Default sqlite:///siptrace.db.")
+TABLE_HELP = "Table name (module parameter table; default sip_trace)."
 PROXY_HELP = "The proxy's address IP[:PORT]; sets direction in/out. Repeatable."
+CONFIG_HELP = ("INI file, section \\[siptrace]; keys as the options "
+               "(file < SIPTRACE_* environment < command line). Default: $SIPTRACE_CONFIG.")
+
+ConfigOpt = typer.Option(None, "--config", help=CONFIG_HELP)
+DbUrlOpt = typer.Option(None, "--db-url", help=DB_URL_HELP)
+TableOpt = typer.Option(None, "--table", help=TABLE_HELP)
+
+
+def _settings(config: Optional[Path], **given):
+    """Settings as every command reads them: file, then SIPTRACE_*, then the flags given."""
+    from siptrace.config import load_settings
+
+    return load_settings(config, cli_overrides=given)
 
 
 @app.command()
 def replay(
     files: List[Path] = typer.Argument(..., help="pcap or pcapng files, replayed in order."),
-    db_url: str = typer.Option("sqlite:///siptrace.db", "--db-url", help=DB_URL_HELP),
-    table: str = typer.Option("sip_trace", "--table", help=TABLE_HELP),
-    proxy: List[str] = typer.Option([], "--proxy", help=PROXY_HELP),
-    duplicate_uri: Optional[str] = typer.Option(
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    proxy: Optional[List[str]] = typer.Option(None, "--proxy", help=PROXY_HELP),
+    duplicate_uri: Optional[List[str]] = typer.Option(
         None, "--duplicate-uri",
-        help="Mirror traced messages: sip:host[:port] (UDP copy) and/or hep:host:port, "
-             "comma-separated."),
-    hep_capture_id: int = typer.Option(
-        1, "--hep-capture-id", help="HEP capture agent id (module parameter hep_capture_id). "
-        "The auth key comes from SIPTRACE_HEP_AUTH_KEY."),
+        help="Mirror traced messages: sip:host[:port] (UDP copy) and/or hep:host:port; "
+             "repeatable or comma-separated."),
+    hep_capture_id: Optional[int] = typer.Option(
+        None, "--hep-capture-id", help="HEP capture agent id (module parameter hep_capture_id, "
+        "default 1). The auth key comes from the config file or SIPTRACE_HEP_AUTH_KEY."),
     decisions: Optional[Path] = typer.Option(
         None, "--decisions",
         help="Decisions recorded by `siptrace run --record-decisions`: store only what "
              "the proxy decided to trace."),
-    trace_flag: int = typer.Option(0, "--trace-flag", min=0, max=31,
-                                   help="With --decisions: the flag that traces a transaction."),
-    traced_user_avp: int = typer.Option(6843, "--traced-user-avp",
-                                        help="With --decisions: AVP id of the traced users."),
+    trace_flag: Optional[int] = typer.Option(
+        None, "--trace-flag", help="With --decisions: the flag that traces a transaction."),
+    traced_user_avp: Optional[int] = typer.Option(
+        None, "--traced-user-avp", help="With --decisions: AVP id of the traced users (6843)."),
+    call_index: Optional[bool] = typer.Option(
+        None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
+        "`siptrace calls` and the web view search (setting call_index, default on)."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Progress bar (only shown on a terminal)."),
 ):
@@ -54,37 +73,223 @@ def replay(
     """
     from siptrace.commands import replay_command
 
-    replay_command(files, db_url=db_url, table=table, proxy=proxy,
-                   duplicate_uri=duplicate_uri, hep_capture_id=hep_capture_id,
-                   decisions=decisions, trace_flag=trace_flag,
-                   traced_user_avp=traced_user_avp,
+    settings = _settings(config, db_url=db_url, table=table, proxy=proxy or None,
+                         duplicate_uri=duplicate_uri or None, hep_capture_id=hep_capture_id,
+                         trace_flag=trace_flag, traced_user_avp=traced_user_avp,
+                         call_index=call_index)
+    replay_command(files, settings, decisions=decisions,
                    progress=progress and sys.stderr.isatty())
 
 
 @app.command()
 def show(
-    db_url: str = typer.Option("sqlite:///siptrace.db", "--db-url", help=DB_URL_HELP),
-    table: str = typer.Option("sip_trace", "--table", help=TABLE_HELP),
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
     callid: Optional[str] = typer.Option(None, "--callid", help="Only this Call-ID."),
     limit: int = typer.Option(50, "--limit", min=1, help="At most this many rows."),
     full: bool = typer.Option(False, "--full", help="Print whole messages too."),
+    json_out: bool = typer.Option(False, "--json", help="JSON: one object per row."),
 ):
-    """Print stored rows, oldest first.
+    """Print stored rows, newest first.
 
     Example:
 
-      siptrace show --db-url sqlite:///siptrace.db --callid abc@host --full
+      siptrace show --callid abc@host --full
     """
-    from siptrace.commands import show_command
+    from siptrace.reading import show_command
 
-    show_command(db_url=db_url, table=table, callid=callid, limit=limit, full=full)
+    show_command(_settings(config, db_url=db_url, table=table), callid=callid, limit=limit,
+                 full=full, json_out=json_out)
+
+
+SinceOpt = typer.Option(None, "--since", help="Calls active since: an age (30m, 1h, 2d) or a "
+                        "UTC time (2024-05-01 12:00).")
+UntilOpt = typer.Option(None, "--until", help="Calls active until: an age or a UTC time.")
+FromOpt = typer.Option(None, "--from", help="Caller: part of the From user or display name.")
+ToOpt = typer.Option(None, "--to", help="Callee: part of the To user (number) or display name.")
+UserOpt = typer.Option(None, "--user", help="Part of the From or To user or display name.")
+CallidOpt = typer.Option(None, "--callid", help="Call-ID, or a glob (* any text, ? one character).")
+IpOpt = typer.Option(None, "--ip", help="An IP address any message of the call was sent from or to.")
+MethodOpt = typer.Option(None, "--method", help="A method any message of the call has (INVITE, BYE...).")
+StatusOpt = typer.Option(None, "--status", help="Final status: a code (487) or a class (4xx).")
+
+
+def _filter(since, until, from_user, to_user, user, callid, ip, method, status, limit):
+    from siptrace.view.search import parse_filter
+
+    return parse_filter(since=since, until=until, from_user=from_user, to_user=to_user,
+                        user=user, callid=callid, ip=ip, method=method, status=status,
+                        limit=limit)
+
+
+@app.command()
+def calls(
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    since: Optional[str] = SinceOpt,
+    until: Optional[str] = UntilOpt,
+    from_user: Optional[str] = FromOpt,
+    to_user: Optional[str] = ToOpt,
+    user: Optional[str] = UserOpt,
+    callid: Optional[str] = CallidOpt,
+    ip: Optional[str] = IpOpt,
+    method: Optional[str] = MethodOpt,
+    status: Optional[str] = StatusOpt,
+    limit: int = typer.Option(50, "--limit", min=1, max=100_000, help="At most this many calls."),
+    json_out: bool = typer.Option(False, "--json", help="JSON: one object per call."),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV with a header line."),
+):
+    """Search calls, newest first: one line per Call-ID with From, To, status and state.
+
+    Searches the call index (never the messages). Legs of one call across a B2BUA
+    are linked: `siptrace flow --related CALLID` shows them together.
+
+    Examples:
+
+      siptrace calls --to 0049301234 --since 2h --status 4xx
+
+      siptrace calls --ip 192.0.2.10 --method INVITE --json
+    """
+    from siptrace.reading import calls_command
+
+    if json_out and csv_out:
+        raise typer.BadParameter("--json and --csv exclude each other")
+    filt = _filter(since, until, from_user, to_user, user, callid, ip, method, status, limit)
+    calls_command(_settings(config, db_url=db_url, table=table), filt,
+                  output="json" if json_out else "csv" if csv_out else "table")
+
+
+@app.command()
+def flow(
+    callids: List[str] = typer.Argument(..., help="Call-IDs (or globs: 'abc*')."),
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    related: bool = typer.Option(False, "--related", help="Add the linked legs (X-CID, Session-ID)."),
+    full: bool = typer.Option(False, "--full", help="Print each message after its arrow."),
+    svg: Optional[Path] = typer.Option(None, "--svg", help="Write the ladder as SVG to this file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the ladder and the messages as "
+                                        "one HTML page to this file."),
+    color: Optional[bool] = typer.Option(None, "--color/--no-color",
+                                         help="Colours (default: only on a terminal)."),
+):
+    """Show a call's ladder: one column per address, one arrow per message.
+
+    Time since the first message and since the previous one on the left;
+    retransmissions are marked.
+
+    Examples:
+
+      siptrace flow 1-28455@127.0.0.1 --related
+
+      siptrace flow 'a84b4c76e66710*' --html call.html
+    """
+    from siptrace.reading import flow_command
+
+    flow_command(_settings(config, db_url=db_url, table=table), callids, related=related,
+                 full=full, svg=svg, html=html, color=color)
+
+
+@app.command()
+def export(
+    callids: Optional[List[str]] = typer.Argument(None, help="Call-IDs (or globs); or use the "
+                                                  "search options."),
+    output: str = typer.Option(..., "--output", "-o", help="The capture file to write; - for "
+                               "standard output."),
+    fmt: str = typer.Option("pcap", "--format", help="pcap or pcapng."),
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    related: bool = typer.Option(False, "--related", help="Add the linked legs."),
+    since: Optional[str] = SinceOpt,
+    until: Optional[str] = UntilOpt,
+    from_user: Optional[str] = FromOpt,
+    to_user: Optional[str] = ToOpt,
+    user: Optional[str] = UserOpt,
+    callid: Optional[str] = CallidOpt,
+    ip: Optional[str] = IpOpt,
+    method: Optional[str] = MethodOpt,
+    status: Optional[str] = StatusOpt,
+    limit: int = typer.Option(50, "--limit", min=1, max=100_000,
+                              help="With search options: at most this many calls."),
+):
+    """Write calls as a capture file: one packet per stored message.
+
+    Each packet has the message's stored time, addresses, ports and transport
+    (TCP with coherent sequence numbers, IPv6 where stored), for Wireshark,
+    sngrep or a carrier's ticket.
+
+    Examples:
+
+      siptrace export 1-28455@127.0.0.1 -o call.pcap
+
+      siptrace export --to 0049301234 --since 1d --status 4xx -o failed.pcapng --format pcapng
+    """
+    from siptrace.reading import export_command
+
+    if fmt not in ("pcap", "pcapng"):
+        raise typer.BadParameter("--format is pcap or pcapng")
+    searching = any(v is not None for v in (since, until, from_user, to_user, user, callid, ip,
+                                             method, status))
+    if not callids and not searching:
+        raise typer.BadParameter("give Call-IDs or search options (--to, --since ...)")
+    filt = (_filter(since, until, from_user, to_user, user, callid, ip, method, status, limit)
+            if searching else None)
+    export_command(_settings(config, db_url=db_url, table=table), callids or [], filt,
+                   output=output, fmt=fmt, related=related)
+
+
+@app.command()
+def index(
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    rebuild: bool = typer.Option(False, "--rebuild", help="Start again from the first row."),
+):
+    """Build the call index of a table, or bring it up to date.
+
+    siptrace keeps the index of the rows it writes; run this for a sip_trace table
+    that Kamailio's or OpenSER's own siptrace module writes (from cron, say: each run
+    goes on from where the last one stopped). It creates <table>_calls beside it.
+
+    Example:
+
+      siptrace index --db-url mysql://kamailio@db/kamailio
+    """
+    from siptrace.reading import index_command
+
+    index_command(_settings(config, db_url=db_url, table=table), rebuild=rebuild)
+
+
+@app.command()
+def web(
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+    listen: Optional[str] = typer.Option(
+        None, "--listen", help="IP:PORT to serve on (setting web_listen, default "
+        "127.0.0.1:8080). Any other address than loopback needs web_password, from the "
+        "config file or SIPTRACE_WEB_PASSWORD."),
+):
+    """Serve a read-only web view: search, call list, ladder, messages, pcap download.
+
+    Example:
+
+      siptrace web --listen 127.0.0.1:8080
+    """
+    from siptrace.reading import check_readable
+    from siptrace.web.server import serve
+
+    settings = _settings(config, db_url=db_url, table=table, web_listen=listen)
+    check_readable(settings)
+    serve(settings)
 
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="INI file, section \\[siptrace]; keys as these options "
-        "(file < SIPTRACE_* environment < command line)."),
+    config: Optional[Path] = ConfigOpt,
     interface: Optional[List[str]] = typer.Option(
         None, "--interface", "-i", help="Capture interface, repeatable; 'any' for all."),
     proxy: Optional[List[str]] = typer.Option(
@@ -126,6 +331,9 @@ def run(
         None, "--spool-dir", help="Keep rows here while the database is down."),
     spool_max_bytes: Optional[str] = typer.Option(
         None, "--spool-max-bytes", help="Spool bound (default 1G)."),
+    call_index: Optional[bool] = typer.Option(
+        None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
+        "`siptrace calls` and the web view search (setting call_index, default on)."),
 ):
     """Capture the proxy's SIP traffic live; store what its decisions say to trace.
 
@@ -145,19 +353,20 @@ def run(
         "decision_socket": decision_socket, "control_socket": control_socket,
         "record_decisions": record_decisions, "grace": grace, "trace_all": trace_all,
         "hep_capture_id": hep_capture_id, "spool_dir": spool_dir,
-        "spool_max_bytes": spool_max_bytes})
+        "spool_max_bytes": spool_max_bytes, "call_index": call_index})
 
 
 @app.command()
 def purge(
     older_than: str = typer.Option(..., "--older-than",
                                    help="Age of the rows to delete: 7d, 12h, 30m, 1w, 1d12h."),
-    db_url: str = typer.Option("sqlite:///siptrace.db", "--db-url", help=DB_URL_HELP),
-    table: str = typer.Option("sip_trace", "--table", help=TABLE_HELP),
+    config: Optional[Path] = ConfigOpt,
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
     batch: int = typer.Option(10_000, "--batch", min=1,
                               help="Rows deleted per transaction (through the date index)."),
 ):
-    """Delete rows older than a given age, in bounded batches.
+    """Delete rows older than a given age, in bounded batches (and their calls' index).
 
     On a PostgreSQL table created with daily partitions, whole old partitions are dropped.
 
@@ -167,7 +376,8 @@ def purge(
     """
     from siptrace.store import purge_url
 
-    result = purge_url(db_url, table, older_than, batch)
+    settings = _settings(config, db_url=db_url, table=table)
+    result = purge_url(settings.db_url, settings.table, older_than, batch)
     typer.echo(f"deleted {result.rows_deleted} rows older than {result.cutoff:%Y-%m-%d %H:%M:%S}"
                + (f", dropped {result.partitions_dropped} partitions"
                   if result.partitions_dropped else ""))

@@ -1,11 +1,9 @@
 """What the CLI commands do: build sources and sinks, run, print the outcome."""
 
-import os
 from pathlib import Path
 
 import typer
 
-from siptrace.direction import ProxyAddresses
 from siptrace.errors import CaptureFormatError, ConfigError
 from siptrace.replay import ReplaySummary, Tracer, replay_files
 
@@ -20,15 +18,14 @@ def check_capture_paths(files: list[Path]) -> list[Path]:
     return files
 
 
-def replay_command(files, *, db_url, table, proxy, duplicate_uri, hep_capture_id, decisions,
-                   trace_flag, traced_user_avp, progress):
+def replay_command(files, settings, *, decisions, progress):
     from siptrace.store.process import ProcessWriter
 
     paths = check_capture_paths(files)
-    proxies = ProxyAddresses.parse(proxy)
-    tracer = _tracer(proxies, decisions, trace_flag, traced_user_avp)
-    mirror = _open_mirror(duplicate_uri, hep_capture_id)
-    writer = ProcessWriter(db_url, table)
+    tracer = _tracer(settings.proxy_addresses, decisions, settings.trace_flag,
+                     settings.traced_user_avp)
+    mirror = _open_mirror(settings)
+    writer = ProcessWriter(settings.db_url, settings.table, settings.call_index)
     bar = None
     try:
         if progress:
@@ -46,7 +43,7 @@ def replay_command(files, *, db_url, table, proxy, duplicate_uri, hep_capture_id
     _print_summary(summary, writer.stats, mirror.stats() if mirror else None)
 
 
-def _tracer(proxies: ProxyAddresses, decisions: Path | None, trace_flag: int,
+def _tracer(proxies, decisions: Path | None, trace_flag: int,
             traced_user_avp: int):
     if decisions is None:
         return Tracer(proxies)
@@ -58,14 +55,14 @@ def _tracer(proxies: ProxyAddresses, decisions: Path | None, trace_flag: int,
                          traced_user_avp=traced_user_avp)
 
 
-def _open_mirror(duplicate_uri: str | None, hep_capture_id: int):
-    if not duplicate_uri:
+def _open_mirror(settings):
+    if not settings.duplicate_uri:
         return None
     from siptrace.mirror import Mirror
 
-    # The auth key is a secret: from the environment, never the command line (ps).
-    auth_key = os.environ.get("SIPTRACE_HEP_AUTH_KEY") or None
-    return Mirror(duplicate_uri, hep_capture_id=hep_capture_id, hep_auth_key=auth_key)
+    # The auth key is a secret: from the file or the environment, never argv (ps).
+    return Mirror(list(settings.duplicate_uri), hep_capture_id=settings.hep_capture_id,
+                  hep_auth_key=settings.hep_auth_key or None)
 
 
 def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> None:
@@ -77,6 +74,10 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
     echo(f"SIP messages:        {summary.sip_messages}")
     echo(f"messages traced:     {summary.traced_messages}")
     echo(f"rows stored:         {store_stats['rows_written']}")
+    if store_stats.get("index_errors"):
+        echo(f"warning: the call index missed {store_stats['index_errors']} batches "
+             f"({store_stats.get('last_index_error', '')}); `siptrace index --rebuild` "
+             "repairs it", err=True)
     echo(f"non-SIP skipped:     {summary.non_sip}")
     echo(f"malformed:           {summary.malformed} (packets {summary.counters['malformed']}"
          f" + {summary.counters['truncated']} cut short, SIP rejected "
@@ -93,27 +94,6 @@ def _print_summary(summary: ReplaySummary, store_stats: dict, mirror_stats) -> N
             echo(line)
     echo(f"elapsed:             {summary.elapsed:.2f} s")
     echo(f"messages/s:          {summary.messages_per_second:,.0f}")
-
-
-def show_command(*, db_url, table, callid, limit, full):
-    from siptrace.store import TraceStore, text_to_msg
-
-    store = TraceStore(db_url, table)
-    store.connect()
-    try:
-        model = store.model
-        query = model.select().order_by(model.date, model.id).limit(limit)
-        if callid:
-            query = query.where(model.callid == callid)
-        for row in query:
-            what = row.method + (f" {row.status}" if row.status else "")
-            typer.echo(f"{row.date} {row.direction or '-':3} {row.fromip} -> {row.toip} "
-                       f"{what} {row.callid}"
-                       + (f" [{row.traced_user}]" if row.traced_user else ""))
-            if full:
-                typer.echo(text_to_msg(row.msg).decode("utf-8", "replace"))
-    finally:
-        store.close()
 
 
 def control_command(control_socket: Path, command: str, as_json: bool = False) -> None:

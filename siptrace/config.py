@@ -47,6 +47,10 @@ class Settings:
     spool_dir: str = ""
     spool_max_bytes: int = 1 << 30
     trace_all: bool = False
+    call_index: bool = True
+    web_listen: str = "127.0.0.1:8080"
+    web_user: str = "siptrace"
+    web_password: str = ""
 
     @property
     def grace_ns(self) -> int:
@@ -169,6 +173,14 @@ def _size(text: str) -> int:
     return value
 
 
+def _listen(text: str) -> str:
+    endpoint = parse_endpoint(text)
+    if endpoint is None or endpoint[1] is None:
+        raise _Bad("is not IP:PORT or [IPv6]:PORT")
+    ip, port = endpoint
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 PARSERS = {
     "db_url": _db_url,
     "table": _table,
@@ -187,6 +199,10 @@ PARSERS = {
     "spool_dir": str.strip,
     "spool_max_bytes": _size,
     "trace_all": _bool,
+    "call_index": _bool,
+    "web_listen": _listen,
+    "web_user": _required,
+    "web_password": str,
 }
 assert set(PARSERS) == set(KEYS)
 

@@ -3,7 +3,7 @@
 import re
 
 MASK = "***"
-SECRET_KEYS = ("hep_auth_key",)  # settings whose whole value is a secret
+SECRET_KEYS = ("hep_auth_key", "web_password")  # settings whose whole value is a secret
 
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):(?P<secret>[^/?#\s]*)@")
 _QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd|auth_key|secret)=)"

@@ -87,7 +87,8 @@ class Sidecar:
         self.decisions = DecisionSocket(settings.decision_socket, recorder=self.recorder)
         self.writer = LiveWriter(settings.db_url, settings.table,
                                  spool_dir=settings.spool_dir or None,
-                                 spool_max_bytes=settings.spool_max_bytes)
+                                 spool_max_bytes=settings.spool_max_bytes,
+                                 call_index=settings.call_index)
         self._opened.append(self.writer)
         self.decisions.start()
         self._opened.append(self.decisions)

@@ -28,7 +28,8 @@ def rows(db, where="1=1"):
 
 
 def test_every_command_has_help_with_an_example():
-    commands = ["replay", "show", "purge", "run", "on", "off", "status"]
+    commands = ["replay", "show", "calls", "flow", "export", "index", "web", "purge", "run",
+                "on", "off", "status"]
     top = siptrace("--help", check=True).stdout
     assert "Example" in top
     for command in commands:
@@ -88,11 +89,16 @@ def test_the_table_parameter_names_the_table(tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM strace").fetchone()[0] == 7
 
 
-def test_show_prints_what_replay_stored(tmp_path):
+def test_show_prints_the_newest_rows_under_a_header(tmp_path):
     db = tmp_path / "t.db"
     siptrace("replay", PCAPS / "kamailio-udp.pcap", "--db-url", f"sqlite:///{db}", check=True)
     out = siptrace("show", "--db-url", f"sqlite:///{db}", "--limit", "3", check=True).stdout
-    assert len(out.splitlines()) == 3 and "INVITE" in out.splitlines()[0]
+    header, *lines = out.splitlines()
+    assert header.split() == ["DATE", "(UTC)", "DIR", "FROM", "TO", "MESSAGE", "CALL-ID"]
+    newest = rows(db)[-3:][::-1]
+    assert len(lines) == 3
+    for line, row in zip(lines, newest):
+        assert line.startswith(row["date"]) and row["callid"] in line
 
 
 def test_a_file_that_is_not_a_capture_is_one_line_and_exit_1(tmp_path):

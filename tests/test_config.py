@@ -26,6 +26,10 @@ hep_auth_key = myHep%Key
 spool_dir = /var/spool/siptrace
 spool_max_bytes = 2G
 trace_all = no
+call_index = off
+web_listen = [::1]:8443
+web_user = noc
+web_password = w3b s3cret
 """
 
 

@@ -14,9 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "siptrace"
-CORE_PACKAGES = ("decode", "sip", "correlate")
+CORE_PACKAGES = ("decode", "sip", "correlate", "view")
 CORE_MODULES = ("extract.py", "rows.py")
-OPTIONAL_CORE_MODULES = ("direction.py",)
+OPTIONAL_CORE_MODULES = ("direction.py", "timespec.py")
 
 FORBIDDEN_MODULES = {
     # networking and event loops

@@ -31,11 +31,12 @@ class LiveWriter:
     """``put(rows)`` never blocks; ``stats`` merges both sides; ``close()`` stores all."""
 
     def __init__(self, db_url: str, table: str, *, spool_dir: str | None = None,
-                 spool_max_bytes: int | None = None, max_queued_rows: int = MAX_QUEUED_ROWS):
+                 spool_max_bytes: int | None = None, max_queued_rows: int = MAX_QUEUED_ROWS,
+                 call_index: bool = True):
         parse_db_url(db_url)  # a bad URL or table name fails here, as one line
         check_table_name(table)
         self._process, self._batches, self._results = spawn_store_process(
-            _serve, db_url, table, spool_dir, spool_max_bytes)
+            _serve, db_url, table, spool_dir, spool_max_bytes, call_index)
         self.max_queued_rows = max_queued_rows
         self.counts = Counter()  # dropped (queue full), sent (rows into the pipe)
         self._child: dict = {}
@@ -129,7 +130,7 @@ class LiveWriter:
                 self._child = dict(self._child, last_error="the store process stopped")
 
 
-def _serve(db_url, table, spool_dir, spool_max_bytes, batches, results) -> None:
+def _serve(db_url, table, spool_dir, spool_max_bytes, call_index, batches, results) -> None:
     """The child: a BatchWriter fed from the pipe until the empty message (or EOF)."""
     from siptrace.store.batch import BatchWriter
     from siptrace.store.tracestore import TraceStore
@@ -139,7 +140,7 @@ def _serve(db_url, table, spool_dir, spool_max_bytes, batches, results) -> None:
     received = 0
     try:
         kwargs = {} if spool_max_bytes is None else {"spool_max_bytes": spool_max_bytes}
-        store = TraceStore(db_url, table)
+        store = TraceStore(db_url, table, call_index=call_index)
         try:
             store.connect()  # the table exists from the start, as an operator expects
         except StorageError:

@@ -22,9 +22,9 @@ MAX_TRANSACTION_ROWS = 10_000
 class ProcessWriter:
     """``put(rows)`` sends a batch to the writer process; ``close()`` waits for it."""
 
-    def __init__(self, db_url: str, table: str):
+    def __init__(self, db_url: str, table: str, call_index: bool = True):
         self._process, self._batches_out, self._results = spawn_store_process(
-            _serve, db_url, table)
+            _serve, db_url, table, call_index)
         self.stats = {"rows_written": 0, "batches": 0, "pending": 0, "dropped": 0,
                       "spool_depth": 0, "last_error": ""}
         self._closed = False
@@ -99,7 +99,7 @@ def _widen_pipe(fd: int) -> None:
             continue
 
 
-def _serve(db_url, table, batches, results) -> None:
+def _serve(db_url, table, call_index, batches, results) -> None:
     """The writer process: one transaction per batch received, until the empty one."""
     from siptrace.store.tracestore import TraceStore
 
@@ -107,7 +107,7 @@ def _serve(db_url, table, batches, results) -> None:
     store = None
     written = batches_done = 0
     try:
-        store = TraceStore(db_url, table)
+        store = TraceStore(db_url, table, call_index=call_index)
         store.connect()
         results.send(("ready", {}))
         done = False
@@ -127,7 +127,10 @@ def _serve(db_url, table, batches, results) -> None:
             store.insert(rows)
             written += len(rows)
             batches_done += 1
-        stats = {k: v for k, v in store.stats.items() if k.startswith("truncated_")}
+        stats = {k: v for k, v in store.stats.items()
+                 if k.startswith("truncated_") or k in ("index_errors", "calls_indexed")}
+        if store.last_index_error:
+            stats["last_index_error"] = store.last_index_error
         results.send(("done", {"rows_written": written, "batches": batches_done, **stats}))
     except SiptraceError as exc:  # a dead database, or a bad db_url or table name
         results.send(("error", str(exc)))

@@ -14,9 +14,8 @@ from typing import NamedTuple
 from siptrace.errors import ConfigError, StorageError
 from siptrace.store.schema import DATE_TYPES, INDEXES, VARCHAR_WIDTHS, index_name
 from siptrace.store.urls import storage_error
+from siptrace.timespec import parse_duration  # noqa: F401 (siptrace.store's API)
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)([smhdw])")
 _BOUND_TO = re.compile(r"TO \('([^']+)'\)")
 PARTITION_DAYS_BACK = 1
 
@@ -25,18 +24,6 @@ class PurgeResult(NamedTuple):
     rows_deleted: int
     partitions_dropped: int
     cutoff: datetime
-
-
-def parse_duration(text: str) -> timedelta:
-    """'7d', '12h', '30m', '1w', '1d12h' -> timedelta; ConfigError otherwise."""
-    value = text.strip().lower()
-    parts = _DURATION.findall(value)
-    if not value or "".join(n + u for n, u in parts) != value:
-        raise ConfigError(f"duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 7d, 12h")
-    seconds = sum(int(n) * DURATION_UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"duration {text!r}: must be more than zero")
-    return timedelta(seconds=seconds)
 
 
 # -- partitions (PostgreSQL) ------------------------------------------------------------
@@ -135,6 +122,11 @@ def purge(store, older_than: timedelta, batch: int = 10_000, now: datetime | Non
                     store.database.execute_sql(f"DROP TABLE {store._q(name)}")
                     dropped += 1
         deleted = _delete_batches(store, cutoff, batch)
+        if store.indexer is not None:
+            calls = store.indexer.model
+            with store.database.atomic():
+                calls.delete().where(calls.last_date < cutoff).execute()
+            store.indexer.forget()
         if is_partitioned(store):
             ensure_partitions(store)
     except StorageError:

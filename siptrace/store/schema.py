@@ -80,3 +80,62 @@ def create_table(model: type[peewee.Model]) -> None:
     """Create the table and its indexes when missing (IF NOT EXISTS)."""
     db = model._meta.database
     db.create_tables([model], safe=True)
+
+
+# -- the call index: siptrace's companion table, one row per Call-ID --------------------
+# Searches (`siptrace calls`, the web view) read it instead of scanning msg. siptrace
+# keeps it as it writes; `siptrace index` builds it for a table another program wrote.
+CALLS_SUFFIX = "_calls"
+INDEX_STATE_TABLE = "siptrace_index_state"
+CALL_WIDTHS = {
+    "from_user": 128, "from_name": 128, "to_user": 128, "to_name": 128, "method": 50,
+    "status": 16, "reason": 128, "methods": 254, "codes": 254, "ips": 254, "xcid": 254,
+    "session": 64,
+}
+CALL_INDEXES = ("first_date", "last_date", "xcid", "session")
+
+
+def calls_table_name(trace_table: str) -> str:
+    return trace_table + CALLS_SUFFIX
+
+
+def calls_model(db: peewee.Database, trace_table: str = "sip_trace") -> type[peewee.Model]:
+    """The call index of ``trace_table``: a CallSummary per Call-ID (view/summary.py)."""
+    dialect = dialect_of(db)
+    table = calls_table_name(check_table_name(trace_table))
+    date = DATE_TYPES[dialect]
+    attrs = {
+        # Call-IDs are case-sensitive (RFC 3261 section 20.8): binary on MySQL.
+        "callid": _TypedField(f"VARCHAR({VARCHAR_WIDTHS['callid']})"
+                              + (" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                                 if dialect == "mysql" else ""),
+                              default_empty=False, primary_key=True),
+        "first_date": _TypedField(date, default_empty=False),
+        "last_date": _TypedField(date, default_empty=False),
+        **{name: _TypedField(f"VARCHAR({width})") for name, width in CALL_WIDTHS.items()},
+        "msg_count": peewee.IntegerField(default=0),
+        "has_request": peewee.BooleanField(default=False),
+    }
+    settings = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4"] if dialect == "mysql" else []
+    attrs["Meta"] = type("Meta", (), {"database": db, "table_name": table, "primary_key": False,
+                                      "table_settings": settings, "legacy_table_names": False})
+    attrs["__module__"] = __name__
+    model = type(f"CallsModel_{table}", (peewee.Model,), attrs)
+    model._meta.set_primary_key("callid", model.callid)
+    for column in CALL_INDEXES:
+        model.add_index(peewee.ModelIndex(model, (getattr(model, column),),
+                                          name=f"{table}_{column}"))
+    return model
+
+
+def index_state_model(db: peewee.Database) -> type[peewee.Model]:
+    """How far each trace table of the database is indexed: its last row id folded in."""
+    attrs = {
+        "table_name": peewee.CharField(max_length=64, primary_key=True),
+        "last_id": peewee.BigIntegerField(default=0),
+        "updated": peewee.DateTimeField(null=True),
+        "Meta": type("Meta", (), {"database": db, "table_name": INDEX_STATE_TABLE,
+                                  "legacy_table_names": False}),
+        "__module__": __name__,
+    }
+    return type("IndexState", (peewee.Model,), attrs)

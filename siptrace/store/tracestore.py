@@ -20,6 +20,7 @@ import peewee
 
 from siptrace.errors import StorageError
 from siptrace.rows import COLUMNS, TraceRow
+from siptrace.store.callindex import CallIndexer
 from siptrace.store.schema import VARCHAR_WIDTHS, check_table_name, create_table, dialect_of, trace_model
 from siptrace.store.text import clean_text, msg_to_text
 from siptrace.store.urls import open_database, parse_db_url, storage_error
@@ -44,7 +45,7 @@ class TraceStore:
     """One connection to the trace table. Not thread-safe: one writer owns it."""
 
     def __init__(self, db_url: str = "sqlite:///siptrace.db", table: str = "sip_trace", *,
-                 partitioned: bool = False, partitions_ahead: int = 7):
+                 partitioned: bool = False, partitions_ahead: int = 7, call_index: bool = True):
         self.url = parse_db_url(db_url)
         self.table = check_table_name(table)
         self.database = open_database(self.url)
@@ -53,6 +54,8 @@ class TraceStore:
         self.partitioned = partitioned
         self.partitions_ahead = partitions_ahead
         self.stats = Counter()
+        self.last_index_error = ""
+        self.indexer = CallIndexer(self.database, table) if call_index else None
         self._ready = False
         ctx = self.database.get_sql_context()
         self.quoted_table = ctx.sql(peewee.Entity(table)).query()[0]
@@ -96,6 +99,8 @@ class TraceStore:
             create_partitioned_table(self)
         else:
             create_table(self.model)
+        if self.indexer is not None:
+            self.indexer.create()
 
     def close(self) -> None:
         try:
@@ -185,7 +190,19 @@ class TraceStore:
             raise err from None
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
+        if self.indexer is not None:
+            self._index(rows)
         return marker
+
+    def _index(self, rows: Sequence[TraceRow]) -> None:
+        """Fold stored rows into the call index; a failure costs the index, not the rows
+        (counted; ``siptrace index --rebuild`` repairs it)."""
+        try:
+            self.stats["calls_indexed"] += self.indexer.update(rows)
+        except Exception as exc:
+            self.stats["index_errors"] += 1
+            self.last_index_error = str(storage_error(self.url, "update the call index", exc))
+            self._abort(self.database.connection())
 
     def _abort(self, conn) -> None:
         try:

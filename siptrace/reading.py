@@ -1,0 +1,191 @@
+"""What the read commands do: show, calls, flow, export and index. Output is printed here.
+
+Each opens the table with TraceReader, which creates nothing: a missing SQLite file
+or table is one line of error. ``index`` is the one that writes (the call index).
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import typer
+
+from siptrace.errors import ConfigError
+from siptrace.store.reader import TraceReader
+from siptrace.view import tables
+from siptrace.view.search import CallFilter
+
+INDEX_CHUNK = 5_000  # rows read per step by `siptrace index`
+MAX_CALLS_PER_FLOW = 16  # a glob given to flow/export resolves to at most this many calls
+
+
+def _width(stream=sys.stdout) -> int | None:
+    """The terminal's width; None (nothing cut) when the output is not a terminal."""
+    if not stream.isatty():
+        return None
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _emit(text: str) -> None:
+    if text:
+        typer.echo(text)
+
+
+def check_readable(settings) -> None:
+    """Fail now, in one line, when the table cannot be read (before serving it)."""
+    with TraceReader(settings.db_url, settings.table):
+        pass
+
+
+def show_command(settings, *, callid: str | None, limit: int, full: bool, json_out: bool):
+    with TraceReader(settings.db_url, settings.table) as reader:
+        rows = reader.rows(callid=callid, limit=limit)
+    if json_out:
+        _emit(tables.as_json([tables.row_dict(m, with_msg=full) for m in rows]))
+        return
+    if not rows:
+        typer.echo("no rows" + (f" for Call-ID {callid}" if callid else ""), err=True)
+        return
+    if not full:
+        _emit(tables.rows_table(rows, _width()))
+        return
+    for m in rows:
+        _emit(tables.rows_table([m], _width()))
+        typer.echo(m.msg.decode("utf-8", "replace"))
+
+
+def calls_command(settings, filt: CallFilter, *, output: str):
+    with TraceReader(settings.db_url, settings.table) as reader:
+        calls = reader.search(filt)
+        lag = reader.index_lag()
+    if lag:
+        typer.echo(f"note: {lag} rows of {settings.table} are not in the call index yet: "
+                   "run `siptrace index`", err=True)
+    if output == "json":
+        _emit(tables.as_json([c.as_dict() for c in calls]))
+    elif output == "csv":
+        _emit(tables.as_csv([c.as_dict() for c in calls]).rstrip("\n"))
+    elif not calls:
+        typer.echo("no calls match", err=True)
+    else:
+        _emit(tables.calls_table(calls, _width()))
+        if len(calls) == filt.limit:
+            typer.echo(f"(first {filt.limit}; --limit for more)", err=True)
+
+
+def resolve_callids(reader: TraceReader, patterns: list[str], related: bool) -> list[str]:
+    """Call-IDs as given; a glob (* or ?) resolves through the call index."""
+    from siptrace.view.search import parse_filter
+
+    callids: list[str] = []
+    for pattern in patterns:
+        if "*" in pattern or "?" in pattern:
+            found = [c.callid for c in reader.search(
+                parse_filter(callid=pattern, limit=MAX_CALLS_PER_FLOW + 1))]
+            if not found:
+                raise ConfigError(f"no call matches {pattern!r}")
+            if len(found) > MAX_CALLS_PER_FLOW:
+                raise ConfigError(f"{pattern!r} matches more than {MAX_CALLS_PER_FLOW} calls: "
+                                  "narrow it down")
+            callids += found
+        else:
+            callids.append(pattern)
+    if related:
+        callids = [leg for callid in callids for leg in reader.related(callid)]
+    return list(dict.fromkeys(callids))
+
+
+def flow_command(settings, patterns: list[str], *, related: bool, full: bool,
+                 svg: Path | None, html: Path | None, color: bool | None):
+    from siptrace.view.ladder import build_ladder, render_text
+
+    with TraceReader(settings.db_url, settings.table) as reader:
+        callids = resolve_callids(reader, patterns, related)
+        messages = reader.messages(callids)
+    if not messages:
+        raise ConfigError("no messages for " + ", ".join(callids))
+    ladder = build_ladder(messages, callids)
+    if svg or html:
+        from siptrace.view.svg import render_html, render_svg
+
+        if svg:
+            _write_text(svg, render_svg(ladder))
+        if html:
+            _write_text(html, render_html(ladder, title="Call flow: " + ", ".join(callids)))
+        return
+    color = sys.stdout.isatty() if color is None else color
+    _emit(render_text(ladder, width=_width() or 100, color=color, full=full))
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    typer.echo(f"wrote {path}", err=True)
+
+
+def export_command(settings, patterns: list[str], filt: CallFilter | None, *, output: str,
+                   fmt: str, related: bool):
+    from siptrace.view.pcapout import write_capture
+
+    with TraceReader(settings.db_url, settings.table) as reader:
+        callids = resolve_callids(reader, patterns, False) if patterns else []
+        if filt is not None:
+            callids += [c.callid for c in reader.search(filt)]
+        if related:
+            callids = list(dict.fromkeys(leg for c in callids for leg in reader.related(c)))
+        if not callids:
+            raise ConfigError("no calls match: nothing to export")
+        messages = reader.messages(callids)
+    if output == "-":
+        if sys.stdout.isatty():
+            raise ConfigError("refusing to write a capture to a terminal: use -o FILE")
+        counts = write_capture(sys.stdout.buffer, messages, fmt)
+    else:
+        try:
+            with open(output, "wb") as out:
+                counts = write_capture(out, messages, fmt)
+        except OSError as exc:
+            raise ConfigError(f"{output}: {exc.strerror}") from None
+    skipped = {k: v for k, v in counts.items() if k not in ("messages", "packets") and v}
+    typer.echo(f"exported {counts['messages']} messages of "
+               f"{len(callids)} calls in {counts['packets']} packets"
+               + (f" to {output}" if output != "-" else "")
+               + ("; skipped " + ", ".join(f"{v} {k}" for k, v in skipped.items()) if skipped else ""),
+               err=True)
+
+
+def index_command(settings, *, rebuild: bool):
+    """Build or bring up to date the call index of a table (any writer's)."""
+    from siptrace.store.callindex import CallIndexer
+    from siptrace.store.schema import index_state_model
+    from siptrace.store.urls import storage_error
+
+    with TraceReader(settings.db_url, settings.table) as reader:
+        indexer = CallIndexer(reader.database, settings.table)
+        state = index_state_model(reader.database)
+        try:
+            indexer.create()
+            if rebuild:
+                with reader.database.atomic():
+                    indexer.model.delete().execute()
+                    state.delete().where(state.table_name == settings.table).execute()
+            found = state.select(state.last_id).where(state.table_name == settings.table).scalar()
+        except Exception as exc:
+            raise storage_error(reader.url, "create the call index", exc) from None
+        last_id = found or 0
+        rows = calls = 0
+        while True:
+            chunk = reader.rows(after_id=last_id, limit=INDEX_CHUNK, newest_first=False)
+            if not chunk:
+                break
+            last_id = chunk[-1].id
+            try:
+                calls += indexer.update([(m.date, m.callid, m.traced_user, m.msg, m.method,
+                                          m.status, m.fromip, m.toip) for m in chunk], last_id)
+            except Exception as exc:
+                raise storage_error(reader.url, "update the call index", exc) from None
+            rows += len(chunk)
+    typer.echo(f"indexed {rows} rows ({reader.flavour} table {settings.table}); "
+               f"{calls} call updates; up to row id {last_id}")

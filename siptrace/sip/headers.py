@@ -1,0 +1,79 @@
+"""Any header of a stored message, and the parts of a From/To value. No I/O.
+
+``parse_message`` keeps only what storing needs, fast; the views need a few more
+headers (From/To display names, X-CID, Session-ID), read here on demand by the same
+rules: CRLF or bare LF line ends, folded lines joined (RFC 3261 section 7.3.1),
+compact forms expanded (``COMPACT_FORMS``), names compared case-insensitively.
+"""
+
+import re
+from siptrace.sip.parser import COMPACT_FORMS
+
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+_QUOTED = re.compile(rb'^\s*"((?:[^"\\]|\\.)*)"')
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")  # RFC 3986 section 2.1
+
+
+def header_section(raw: bytes) -> bytes:
+    """The header lines of a message, start line excluded, folded lines joined."""
+    end = raw.find(b"\r\n\r\n")
+    lf_end = raw.find(b"\n\n")
+    if end < 0 or 0 <= lf_end < end:
+        end = lf_end
+    head = raw if end < 0 else raw[:end]
+    head = head.partition(b"\n")[2]
+    return _FOLD.sub(b" ", head) if b"\n " in head or b"\n\t" in head else head
+
+
+def find_headers(raw: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The first value of each of ``names`` (lower-case long forms) present in ``raw``."""
+    wanted = {name.encode() for name in names}
+    found: dict[str, bytes] = {}
+    for line in header_section(raw).split(b"\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        name = COMPACT_FORMS.get(name, name)
+        if name in wanted:
+            key = name.decode()
+            if key not in found:
+                found[key] = value.strip()
+    return found
+
+
+def name_addr(value: bytes) -> tuple[str, str]:
+    """(display name, user) of a From/To/P-Asserted-Identity value (RFC 3261 section 20.20).
+
+    The user is the user part of a sip:/sips: URI or the number of a tel: URI,
+    percent-decoded; '' for a URI without one.
+    """
+    display = ""
+    quoted = _QUOTED.match(value)
+    if quoted:
+        display = re.sub(rb"\\(.)", rb"\1", quoted.group(1)).decode("utf-8", "replace")
+    lt = value.find(b"<")
+    if lt >= 0:
+        if not quoted:
+            display = value[:lt].strip().decode("utf-8", "replace")
+        uri = value[lt + 1:].partition(b">")[0]
+    else:
+        uri = value.partition(b";")[0]
+    return display, uri_user(uri.strip())
+
+
+def uri_user(uri: bytes) -> str:
+    """The user part of a SIP URI or the number of a tel: URI ('' when there is none)."""
+    scheme, colon, rest = uri.partition(b":")
+    if not colon:
+        return ""
+    scheme = scheme.lower()
+    if scheme == b"tel":
+        user = rest.partition(b";")[0]
+    elif scheme in (b"sip", b"sips"):
+        userinfo, at, _ = rest.partition(b"@")
+        user = userinfo.partition(b":")[0] if at else b""
+    else:
+        return ""
+    user = _PERCENT.sub(lambda m: bytes((int(m[1], 16),)), user)
+    return user.decode("utf-8", "replace")
