@@ -5,6 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# A busy 2-core machine makes generation slow now and then: that is no failure.
+settings.register_profile("siptrace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("siptrace")
 
 REPO = Path(__file__).resolve().parents[1]
 PCAPS = REPO / "pcaps"

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import missing
 from kamailio_lab import SIPTRACE, Lab, siptrace_status, wait_for
+from siptrace.store.reader import TraceReader
+from siptrace.view.search import parse_filter
 
 PROXY_IP, UAC_IP, UAS_IP = "127.0.0.31", "127.0.0.32", "127.0.0.33"
 PROXY_PORT, UAS_PORT = 15060, 15080
@@ -158,6 +160,9 @@ def test_flag_only(tmp_path, transport):
         assert Counter(got) == expected(call.flag_rows()), callid
     check_row_contents(rows)
     assert status["traced_requests"] == 2 * 3 and status["traced_replies"] == 2 * 7
+    with TraceReader(f"sqlite:///{run.db}") as reader:  # the live writer keeps the index
+        listed = {c.callid: (c.state, c.msg_count, c.to_user) for c in reader.search(parse_filter())}
+    assert listed == {callid: ("completed", len(got), "service") for callid, got in calls.items()}
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -93,6 +93,7 @@ def test_a_message_stored_again_for_a_traced_user_counts_as_separate_rows_here()
     (b"<tel:+49-30-1234;phone-context=example.com>", ("", "+49-30-1234")),
     (b"sip:carol@example.com;tag=3", ("", "carol")),
     (b"<sip:example.com>", ("", "")),
+    (b'"<b>x" <sip:mallory@h>;tag=9', ("<b>x", "mallory")),
     (b"<sip:%2B4930@example.com>", ("", "+4930")),
     (b"<urn:service:sos>", ("", "")),
     (b"", ("", "")),

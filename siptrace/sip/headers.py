@@ -52,7 +52,7 @@ def name_addr(value: bytes) -> tuple[str, str]:
     quoted = _QUOTED.match(value)
     if quoted:
         display = re.sub(rb"\\(.)", rb"\1", quoted.group(1)).decode("utf-8", "replace")
-    lt = value.find(b"<")
+    lt = value.find(b"<", quoted.end() if quoted else 0)
     if lt >= 0:
         if not quoted:
             display = value[:lt].strip().decode("utf-8", "replace")
