@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBIAN_PACKAGES := tshark tcpdump sip-tester kamailio kamailio-python3-modules \
-	kamailio-sqlite-modules sngrep chromium chromium-driver
+	kamailio-sqlite-modules kamailio-mysql-modules kamailio-postgres-modules sngrep \
+	chromium chromium-driver
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench venv debian-packages databases clean

@@ -16,6 +16,7 @@ from siptrace.view import tables
 from siptrace.view.search import CallFilter
 
 INDEX_CHUNK = 5_000  # rows read per step by `siptrace index`
+RECALL_ROWS = 256  # rows before where the last run stopped, read again to know copies
 MAX_CALLS_PER_FLOW = 16  # a glob given to flow/export resolves to at most this many calls
 
 
@@ -156,6 +157,11 @@ def export_command(settings, patterns: list[str], filt: CallFilter | None, *, ou
                err=True)
 
 
+def _as_row(m) -> tuple:
+    """A stored message in the column order the call index folds."""
+    return (m.date, m.callid, m.traced_user, m.msg, m.method, m.status, m.fromip, m.toip)
+
+
 def index_command(settings, *, rebuild: bool):
     """Build or bring up to date the call index of a table (any writer's)."""
     from siptrace.store.callindex import CallIndexer
@@ -175,6 +181,9 @@ def index_command(settings, *, rebuild: bool):
         except Exception as exc:
             raise storage_error(reader.url, "create the call index", exc) from None
         last_id = found or 0
+        if last_id:  # the copies of the last messages folded may come after them
+            previous = reader.rows(up_to_id=last_id, limit=RECALL_ROWS)[::-1]
+            indexer.recall([_as_row(m) for m in previous])
         rows = calls = 0
         while True:
             chunk = reader.rows(after_id=last_id, limit=INDEX_CHUNK, newest_first=False)
@@ -182,8 +191,7 @@ def index_command(settings, *, rebuild: bool):
                 break
             last_id = chunk[-1].id
             try:
-                calls += indexer.update([(m.date, m.callid, m.traced_user, m.msg, m.method,
-                                          m.status, m.fromip, m.toip) for m in chunk], last_id)
+                calls += indexer.update([_as_row(m) for m in chunk], last_id)
             except Exception as exc:
                 raise storage_error(reader.url, "update the call index", exc) from None
             rows += len(chunk)

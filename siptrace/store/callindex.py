@@ -10,7 +10,7 @@ another writer on the same table fold on where the index stands.
 that ``siptrace index`` on a table another program writes goes on from there.
 """
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -18,9 +18,13 @@ import peewee
 
 from siptrace.store.schema import CALL_WIDTHS, calls_model, index_state_model
 from siptrace.store.text import clean_text
+from siptrace.view.model import is_copy
 from siptrace.view.summary import SUMMARY_FIELDS, CallSummary
 
 CACHED_CALLS = 20_000  # summaries kept in memory between batches (about 10 MB)
+# Per cached call, the last messages seen (as hashes): a copy stored for a traced user
+# follows its message closely, whichever writer stored it.
+RECENT_PER_CALL = 8
 LOAD_CHUNK = 500  # Call-IDs per SELECT ... IN (...)
 WRITE_CHUNK = 500  # summaries per upsert statement
 _COLUMNS = SUMMARY_FIELDS
@@ -37,6 +41,7 @@ class CallIndexer:
         self.state = index_state_model(database)
         self.cached_calls = cached_calls
         self._cache: OrderedDict[str, CallSummary] = OrderedDict()
+        self._recent: dict[str, deque] = {}  # hashes of each cached call's last messages
 
     def create(self) -> None:
         """Create the index tables when missing."""
@@ -45,6 +50,7 @@ class CallIndexer:
     def forget(self) -> None:
         """Drop the cache (after a rebuild, or when another writer may have changed rows)."""
         self._cache.clear()
+        self._recent.clear()
 
     def update(self, rows: Sequence[tuple], last_id: int | None = None) -> int:
         """Fold rows (sip_trace column order: date, callid, traced_user, msg, method,
@@ -55,14 +61,16 @@ class CallIndexer:
         """
         calls = self._load({r[1] for r in rows if r[1]})
         touched: dict[str, CallSummary] = {}
-        previous = None
         for date, callid, traced_user, msg, method, status, fromip, toip, *_ in rows:
             if not callid:
                 continue  # no Call-ID, no call
-            identity = (date, fromip, toip, msg)
-            if traced_user and identity == previous:
+            recent = self._recent.get(callid)
+            if recent is None:
+                recent = self._recent[callid] = deque(maxlen=RECENT_PER_CALL)
+            identity = hash((date, fromip, toip, msg))
+            if is_copy(traced_user, identity, recent):
                 continue  # the same message again, stored for a traced user
-            previous = identity
+            recent.append(identity)
             call = calls[callid]
             call.add(date, method, status, fromip, toip, msg)
             touched[callid] = call
@@ -76,6 +84,13 @@ class CallIndexer:
             raise
         self._remember(touched)
         return len(touched)
+
+    def recall(self, rows: Sequence[tuple]) -> None:
+        """Note rows already folded in (an earlier run's last ones, oldest first) so that
+        their copies for traced users, stored after them, are known as copies."""
+        for date, callid, traced_user, msg, method, status, fromip, toip, *_ in rows:
+            recent = self._recent.setdefault(callid, deque(maxlen=RECENT_PER_CALL))
+            recent.append(hash((date, fromip, toip, msg)))
 
     def _load(self, callids: set[str]) -> dict[str, CallSummary]:
         """Summaries for ``callids``: from the cache, else the index, else new ones."""
@@ -120,7 +135,7 @@ class CallIndexer:
             cache[callid] = call
             cache.move_to_end(callid)
         while len(cache) > self.cached_calls:
-            cache.popitem(last=False)
+            self._recent.pop(cache.popitem(last=False)[0], None)
 
 
 def _record_of(call: CallSummary) -> dict:

@@ -6,6 +6,7 @@ Reads siptrace's own table and the tables of the original modules: OpenSER 1.x's
 through ``msg``; a Call-ID's messages through the documented ``call_id`` index.
 """
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +35,9 @@ class TraceReader:
         self.url = parse_db_url(db_url)
         self.table = check_table_name(table)
         if self.url.dialect == "sqlite" and not Path(self.url.database).is_file():
-            raise StorageError(f"{self.url.redacted}: no such database file")
+            where = ("" if Path(self.url.database).is_absolute() else
+                     " (a relative path: sqlite:////PATH is absolute)")
+            raise StorageError(f"{self.url.redacted}: no such database file{where}")
         self.database = open_database(self.url)
         self.flavour = ""
         self._columns: dict[str, peewee.Column] = {}
@@ -53,7 +56,8 @@ class TraceReader:
             return
         try:
             self.database.connect(reuse_if_open=True)
-            names = {c.name.lower() for c in self.database.get_columns(self.table)}
+            exists = self.database.table_exists(self.table)
+            names = {c.name.lower() for c in self.database.get_columns(self.table)} if exists else set()
         except Exception as exc:
             self.close()
             raise storage_error(self.url, f"read {self.table}", exc) from None
@@ -100,16 +104,16 @@ class TraceReader:
 
     def _message(self, r: dict) -> StoredMessage:
         if self.flavour == "kamailio":
-            date = as_datetime(r["time_stamp"]) + timedelta(microseconds=r["time_us"] or 0)
+            date = stored_date(r["time_stamp"]) + timedelta(microseconds=r["time_us"] or 0)
         else:
-            date = as_datetime(r["date"])
+            date = stored_date(r["date"])
         return StoredMessage(
             r["id"], date, r["callid"] or "", r["method"] or "", r["status"] or "",
             r["fromip"] or "", r["toip"] or "", r["fromtag"] or "", r["direction"] or "",
-            r["traced_user"] or "", text_to_msg(r["msg"] or ""), r.get("totag") or "")
+            r["traced_user"] or "", stored_msg(r["msg"]), r.get("totag") or "")
 
     def rows(self, callid: str | None = None, limit: int = 50, after_id: int = 0,
-             newest_first: bool = True) -> list[StoredMessage]:
+             newest_first: bool = True, up_to_id: int | None = None) -> list[StoredMessage]:
         """Stored rows as they are (traced_user copies included), newest first."""
         self.open()
         t = self._trace
@@ -118,6 +122,8 @@ class TraceReader:
             query = query.where(t.c.callid == callid)
         if after_id:
             query = query.where(t.c.id > after_id)
+        if up_to_id is not None:
+            query = query.where(t.c.id <= up_to_id)
         order = (t.c.id.desc(),) if newest_first else (t.c.id,)
         found = [self._message(r) for r in self._run("read rows", query.order_by(*order).limit(limit))]
         return [m for m in found if m.callid == callid] if callid else found
@@ -208,6 +214,40 @@ class TraceReader:
             frontier = [c for (c,) in linked if c not in found]
             found += frontier[:MAX_LEGS - len(found)]
         return found
+
+
+UNIX_EPOCH_JULIAN_DAY = 2440587.5  # 1970-01-01 00:00 UTC as a Julian day number
+_PG_HEX = re.compile(r"\\x(?:[0-9a-fA-F]{2})+")
+
+
+def stored_date(value) -> datetime:
+    """A date column's value as written by any of the writers: a datetime, ISO text, or
+    (Kamailio's db_sqlite) a Julian day number, read back as Kamailio does it, whole
+    seconds (its time_us column holds the rest)."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _is_number(value)):
+        seconds = int(86400 * (float(value) - UNIX_EPOCH_JULIAN_DAY) + 0.5)
+        return datetime(1970, 1, 1) + timedelta(seconds=seconds)
+    return as_datetime(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def stored_msg(value) -> bytes:
+    """The msg column back to wire bytes: siptrace's text (store/text.py), Kamailio's
+    db_sqlite BLOB (bytes as they were) or db_postgres's bytea-style hex text (``\\x41...``)."""
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if value[:2] == "\\x" and _PG_HEX.fullmatch(value):
+        return bytes.fromhex(value[2:])
+    return text_to_msg(value)
 
 
 def _escape(text: str) -> str:

@@ -92,13 +92,19 @@ class StoredMessage:
         return f"{self.status} {reason}".rstrip()
 
 
+def is_copy(traced_user: str, identity, seen) -> bool:
+    """Whether a row is a copy of a message already ``seen``, stored again for a traced
+    user (the module stores a message once, then once more per traced_user value).
+    Rows with no traced_user are never copies: two of them are a retransmission."""
+    return bool(traced_user) and identity in seen
+
+
 def unique_messages(messages) -> list[StoredMessage]:
-    """Messages once each, in order: a message traced for N users is stored N+1 times."""
-    seen = set()
+    """Messages in order, without the copies stored for traced users (``is_copy``)."""
+    seen: set = set()
     out = []
-    for message in messages:
-        key = message.identity
-        if key not in seen:
-            seen.add(key)
-            out.append(message)
+    for m in messages:
+        if not is_copy(m.traced_user, m.identity, seen):
+            out.append(m)
+        seen.add(m.identity)
     return out
