@@ -22,8 +22,7 @@ def replay_command(files, settings, *, decisions, progress):
     from siptrace.store.process import ProcessWriter
 
     paths = check_capture_paths(files)
-    tracer = _tracer(settings.proxy_addresses, decisions, settings.trace_flag,
-                     settings.traced_user_avp)
+    tracer = _tracer(settings, decisions)
     mirror = _open_mirror(settings)
     writer = ProcessWriter(settings.db_url, settings.table, settings.call_index)
     bar = None
@@ -43,16 +42,18 @@ def replay_command(files, settings, *, decisions, progress):
     _print_summary(summary, writer.stats, mirror.stats() if mirror else None)
 
 
-def _tracer(proxies, decisions: Path | None, trace_flag: int,
-            traced_user_avp: int):
+def _tracer(settings, decisions: Path | None):
+    """Every message (no decisions), or what the recorded decisions say, with the
+    settings' trace_flag, traced_user_avp and grace as the live run had them."""
+    proxies = settings.proxy_addresses
     if decisions is None:
         return Tracer(proxies)
     if not decisions.is_file():
         raise ConfigError(f"decisions: {decisions}: no such file")
     from siptrace.control.decisions import replay_tracer
 
-    return replay_tracer(decisions, proxies, trace_flag=trace_flag,
-                         traced_user_avp=traced_user_avp)
+    return replay_tracer(decisions, proxies, trace_flag=settings.trace_flag,
+                         traced_user_avp=settings.traced_user_avp, grace_ns=settings.grace_ns)
 
 
 def _open_mirror(settings):
