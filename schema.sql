@@ -1,10 +1,13 @@
 -- sip_trace: the table siptrace writes, as a DBA creates it.
 --
--- One section per dialect, each starting with a line "-- dialect: NAME". siptrace
--- creates the same table itself when it is missing (siptrace/store/schema.py), and
--- tests/test_store_schema.py checks that both agree, column by column and index by
+-- One section per dialect, each starting with a line "-- dialect: NAME". The table is
+-- defined once, in siptrace/store/schema.py (trace_model); this file holds exactly the
+-- statements siptrace runs when the table is missing (`table_ddl` there renders them),
+-- laid out for reading. tests/test_store_schema.py checks both: these statements
+-- against table_ddl as text, and the tables both make, column by column and index by
 -- index, on a real server of each kind. The table name is a parameter (`--table`):
 -- replace sip_trace (and the index name prefixes on PostgreSQL/SQLite) for another.
+-- MySQL has no CREATE INDEX IF NOT EXISTS: run its section once.
 --
 -- Deviations from the OpenSER siptrace documentation (section 1.5), all three dialects:
 --   * msg is MEDIUMTEXT on MySQL: TEXT stops at 65,535 bytes and SIP messages with
@@ -20,7 +23,7 @@
 
 -- dialect: mysql
 CREATE TABLE IF NOT EXISTS `sip_trace` (
-  `id` BIGINT NOT NULL AUTO_INCREMENT,
+  `id` BIGINT AUTO_INCREMENT NOT NULL PRIMARY KEY,
   `date` DATETIME(6) NOT NULL,
   `callid` VARCHAR(254) NOT NULL DEFAULT '',
   `traced_user` VARCHAR(128) NOT NULL DEFAULT '',
@@ -30,51 +33,47 @@ CREATE TABLE IF NOT EXISTS `sip_trace` (
   `fromip` VARCHAR(50) NOT NULL DEFAULT '',
   `toip` VARCHAR(50) NOT NULL DEFAULT '',
   `fromtag` VARCHAR(64) NOT NULL DEFAULT '',
-  `direction` VARCHAR(4) NOT NULL DEFAULT '',
-  PRIMARY KEY (`id`),
-  INDEX user_idx (traced_user),
-  INDEX date_id (date),
-  INDEX ip_idx (fromip),
-  KEY `call_id` (`callid`)
+  `direction` VARCHAR(4) NOT NULL DEFAULT ''
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE INDEX `user_idx` ON `sip_trace` (`traced_user`);
+CREATE INDEX `date_id` ON `sip_trace` (`date`);
+CREATE INDEX `ip_idx` ON `sip_trace` (`fromip`);
+CREATE INDEX `call_id` ON `sip_trace` (`callid`);
 
 -- dialect: postgresql
-CREATE TABLE IF NOT EXISTS sip_trace (
-  id BIGSERIAL NOT NULL PRIMARY KEY,
-  date TIMESTAMP NOT NULL,
-  callid VARCHAR(254) NOT NULL DEFAULT '',
-  traced_user VARCHAR(128) NOT NULL DEFAULT '',
-  msg TEXT NOT NULL,
-  method VARCHAR(50) NOT NULL DEFAULT '',
-  status VARCHAR(254) NOT NULL DEFAULT '',
-  fromip VARCHAR(50) NOT NULL DEFAULT '',
-  toip VARCHAR(50) NOT NULL DEFAULT '',
-  fromtag VARCHAR(64) NOT NULL DEFAULT '',
-  direction VARCHAR(4) NOT NULL DEFAULT ''
+CREATE TABLE IF NOT EXISTS "sip_trace" (
+  "id" BIGSERIAL NOT NULL PRIMARY KEY,
+  "date" TIMESTAMP NOT NULL,
+  "callid" VARCHAR(254) NOT NULL DEFAULT '',
+  "traced_user" VARCHAR(128) NOT NULL DEFAULT '',
+  "msg" TEXT NOT NULL,
+  "method" VARCHAR(50) NOT NULL DEFAULT '',
+  "status" VARCHAR(254) NOT NULL DEFAULT '',
+  "fromip" VARCHAR(50) NOT NULL DEFAULT '',
+  "toip" VARCHAR(50) NOT NULL DEFAULT '',
+  "fromtag" VARCHAR(64) NOT NULL DEFAULT '',
+  "direction" VARCHAR(4) NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS sip_trace_user_idx ON sip_trace (traced_user);
-CREATE INDEX IF NOT EXISTS sip_trace_date_id ON sip_trace (date);
-CREATE INDEX IF NOT EXISTS sip_trace_ip_idx ON sip_trace (fromip);
-CREATE INDEX IF NOT EXISTS sip_trace_call_id ON sip_trace (callid);
--- Optional daily partitions (siptrace --partitioned creates this form instead; purge
--- then drops whole days): PRIMARY KEY (id, date) ... PARTITION BY RANGE (date), one
--- partition per day sip_trace_pYYYYMMDD and sip_trace_default. See docs/storage.md.
+CREATE INDEX IF NOT EXISTS "sip_trace_user_idx" ON "sip_trace" ("traced_user");
+CREATE INDEX IF NOT EXISTS "sip_trace_date_id" ON "sip_trace" ("date");
+CREATE INDEX IF NOT EXISTS "sip_trace_ip_idx" ON "sip_trace" ("fromip");
+CREATE INDEX IF NOT EXISTS "sip_trace_call_id" ON "sip_trace" ("callid");
 
 -- dialect: sqlite
-CREATE TABLE IF NOT EXISTS sip_trace (
-  id INTEGER NOT NULL PRIMARY KEY,
-  date DATETIME NOT NULL,
-  callid VARCHAR(254) NOT NULL DEFAULT '',
-  traced_user VARCHAR(128) NOT NULL DEFAULT '',
-  msg TEXT NOT NULL,
-  method VARCHAR(50) NOT NULL DEFAULT '',
-  status VARCHAR(254) NOT NULL DEFAULT '',
-  fromip VARCHAR(50) NOT NULL DEFAULT '',
-  toip VARCHAR(50) NOT NULL DEFAULT '',
-  fromtag VARCHAR(64) NOT NULL DEFAULT '',
-  direction VARCHAR(4) NOT NULL DEFAULT ''
+CREATE TABLE IF NOT EXISTS "sip_trace" (
+  "id" INTEGER NOT NULL PRIMARY KEY,
+  "date" DATETIME NOT NULL,
+  "callid" VARCHAR(254) NOT NULL DEFAULT '',
+  "traced_user" VARCHAR(128) NOT NULL DEFAULT '',
+  "msg" TEXT NOT NULL,
+  "method" VARCHAR(50) NOT NULL DEFAULT '',
+  "status" VARCHAR(254) NOT NULL DEFAULT '',
+  "fromip" VARCHAR(50) NOT NULL DEFAULT '',
+  "toip" VARCHAR(50) NOT NULL DEFAULT '',
+  "fromtag" VARCHAR(64) NOT NULL DEFAULT '',
+  "direction" VARCHAR(4) NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS sip_trace_user_idx ON sip_trace (traced_user);
-CREATE INDEX IF NOT EXISTS sip_trace_date_id ON sip_trace (date);
-CREATE INDEX IF NOT EXISTS sip_trace_ip_idx ON sip_trace (fromip);
-CREATE INDEX IF NOT EXISTS sip_trace_call_id ON sip_trace (callid);
+CREATE INDEX IF NOT EXISTS "sip_trace_user_idx" ON "sip_trace" ("traced_user");
+CREATE INDEX IF NOT EXISTS "sip_trace_date_id" ON "sip_trace" ("date");
+CREATE INDEX IF NOT EXISTS "sip_trace_ip_idx" ON "sip_trace" ("fromip");
+CREATE INDEX IF NOT EXISTS "sip_trace_call_id" ON "sip_trace" ("callid");

@@ -1,6 +1,6 @@
 """`make bench`: siptrace against the tools users would pick instead, in one run.
 
-    python -m bench [--skip live,backends,mirror] [--live-seconds 60]
+    python -m bench [--skip live,backends,mirror,views] [--live-seconds 60] [--json FILE]
 
 Speeds are reported as ratios between tools measured side by side on the same file,
 since absolute times on a shared 2-core machine mean little.
@@ -18,7 +18,8 @@ from pathlib import Path
 from bench.build_capture import ensure_bench_capture
 from bench.replay import BIN, bench_replay
 
-SECTIONS = ("replay", "backends", "mirror", "live")
+SECTIONS = ("replay", "views", "backends", "mirror", "live")
+REPLAY_GOAL = 1.25  # siptrace replay (call index kept) against sngrep, at least
 
 
 def _summary_value(text: str, label: str) -> str:
@@ -34,6 +35,7 @@ def replay_section(capture: Path, work: Path) -> dict:
     print(f"\nreplay of {capture.name}: {messages:,} SIP messages")
     print(f"  {'tool':<28} {'seconds':>8} {'msgs/s':>10} {'peak MB':>8} {'siptrace/x':>10}")
     for name, label in (("siptrace", "siptrace replay (SQLite)"),
+                        ("siptrace_no_index", "  same, --no-call-index"),
                         ("siptrace_2x", "siptrace replay, file x2"),
                         ("sngrep", "sngrep -I -N -q -O"),
                         ("tshark", "tshark -T fields (SDP off)")):
@@ -42,12 +44,54 @@ def replay_section(capture: Path, work: Path) -> dict:
               f"{r['peak_mb']:>8.1f} {ours / r['msgs_per_s']:>10.2f}")
     results["messages"] = messages
     results["ratio_vs_sngrep"] = ours / results["sngrep"]["msgs_per_s"]
+    results["ratio_no_index_vs_sngrep"] = (results["siptrace_no_index"]["msgs_per_s"]
+                                           / results["sngrep"]["msgs_per_s"])
+    results["index_cost"] = (results["siptrace"]["seconds"]
+                             / results["siptrace_no_index"]["seconds"])
     results["ratio_vs_tshark"] = ours / results["tshark"]["msgs_per_s"]
+    results["index_cpu_seconds"] = (results["siptrace"]["cpu_seconds"]
+                                    - results["siptrace_no_index"]["cpu_seconds"])
     print(f"  (median of {len(results['siptrace']['all_seconds'])} alternating runs: siptrace "
-          f"{results['siptrace']['all_seconds']} s, sngrep {results['sngrep']['all_seconds']} s)")
-    print(f"  target: >= 1.25x sngrep; peak memory < 150 MB and flat "
+          f"{results['siptrace']['all_seconds']} s, --no-call-index "
+          f"{results['siptrace_no_index']['all_seconds']} s, sngrep "
+          f"{results['sngrep']['all_seconds']} s)")
+    print(format_index_cost(results))
+    print(f"  target: >= {REPLAY_GOAL}x sngrep; peak memory < 150 MB and flat "
           f"({results['siptrace']['peak_mb']:.1f} MB for 1x, "
           f"{results['siptrace_2x']['peak_mb']:.1f} MB for 2x)")
+    return results
+
+
+def format_index_cost(replay: dict) -> str:
+    """The call index's cost on replay speed, against the goal."""
+    with_index, ratio = replay["siptrace"]["seconds"], replay["ratio_vs_sngrep"]
+    without = replay["siptrace_no_index"]["seconds"]
+    verdict = "met" if ratio >= REPLAY_GOAL else "MISSED"
+    lines = [f"  call index cost: replay {with_index:.2f} s with it, {without:.2f} s without "
+             f"({replay['index_cost']:.2f}x the time, {100 * (with_index / without - 1):+.0f}%); "
+             f"vs sngrep {replay['sngrep']['seconds']:.2f} s: {ratio:.2f}x with, "
+             f"{replay['ratio_no_index_vs_sngrep']:.2f}x without; "
+             f"goal >= {REPLAY_GOAL}x with the index: {verdict}"]
+    if "cpu_seconds" in replay["siptrace"]:
+        cpu = {name: replay[name]["cpu_seconds"] for name in
+               ("siptrace", "siptrace_no_index", "sngrep")}
+        lines.append(f"  CPU seconds (medians, all processes): with the index {cpu['siptrace']:.2f}, "
+                     f"without {cpu['siptrace_no_index']:.2f} "
+                     f"({cpu['siptrace'] - cpu['siptrace_no_index']:+.2f} s for the index), "
+                     f"sngrep {cpu['sngrep']:.2f}")
+    return "\n".join(lines)
+
+
+def views_section(capture: Path, work: Path, replay: dict | None) -> dict:
+    """`calls` and `flow` latency on ~1,000,000 rows, SQLite and PostgreSQL (bench/views.py)."""
+    from bench.views import bench_views, format_views
+
+    print("\nviews on ~1,000,000 rows (siptrace calls / flow, in-process):")
+    results = bench_views(capture, work)
+    print(format_views(results))
+    if replay is not None:
+        print(format_index_cost(replay))
+    print(f"  (views section: {results['seconds']:.0f} s)")
     return results
 
 
@@ -154,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        parser.error(f"--skip: unknown section {', '.join(sorted(unknown))} "
+                     f"(sections: {', '.join(SECTIONS)})")
 
     capture = ensure_bench_capture()
     results = {}
@@ -161,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if "replay" not in skip:
             results["replay"] = replay_section(capture, work)
+        if "views" not in skip:
+            results["views"] = views_section(capture, work, results.get("replay"))
         if "backends" not in skip:
             results["backends"] = backends_section(capture, work)
         if "mirror" not in skip:

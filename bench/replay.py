@@ -1,6 +1,7 @@
 """Replay speed: siptrace against sngrep and tshark on the same capture, in one run."""
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -67,27 +68,41 @@ def _remove_sqlite(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
-ROUNDS = 3  # siptrace and sngrep alternate this many times; the median counts
+ROUNDS = 3  # siptrace (with and without the call index) and sngrep alternate this many
+            # times; the median of each counts
 
 
 def bench_replay(capture: Path, messages: int, workdir: Path, rounds: int = ROUNDS) -> dict:
     """Times siptrace replay (SQLite), sngrep and tshark on one capture.
 
-    siptrace and sngrep run in alternation, ``rounds`` times each, and the median
-    run of each counts: on a shared machine one run alone says little. tshark, ten
-    times slower, runs once.
+    siptrace (keeping the call index, the default), siptrace ``--no-call-index`` and
+    sngrep run in alternation, ``rounds`` times each, and the median run of each
+    counts: on a shared machine one run alone says little. tshark, ten times slower,
+    runs once.
     """
     db = workdir / "bench.db"
     siptrace = [str(BIN / "siptrace"), "replay", "--db-url", f"sqlite:///{db}", "--no-progress"]
-    runs = {"siptrace": [], "sngrep": []}
+    commands = {
+        "siptrace": [*siptrace, str(capture)],
+        "siptrace_no_index": [*siptrace, "--no-call-index", str(capture)],
+        "sngrep": ["sngrep", "-I", str(capture), "-N", "-q", "-O", str(workdir / "sngrep.pcap")],
+    }
+    runs = {name: [] for name in commands}
+    cpu = {name: [] for name in commands}
     for _ in range(rounds):
-        _remove_sqlite(db)
-        runs["siptrace"].append(_checked(run_with_rusage([*siptrace, str(capture)])))
-        runs["sngrep"].append(run_with_rusage(
-            ["sngrep", "-I", str(capture), "-N", "-q", "-O", str(workdir / "sngrep.pcap")]))
+        for name, argv in commands.items():
+            _remove_sqlite(db)
+            before = _children_cpu()
+            measured = run_with_rusage(argv)
+            cpu[name].append(_children_cpu() - before)
+            runs[name].append(measured if name == "sngrep" else _checked(measured))
     results = {name: _figures(_median(measured), messages) for name, measured in runs.items()}
     for name, measured in runs.items():
         results[name]["all_seconds"] = [round(m[0], 2) for m in measured]
+        # CPU time (user + system, the store process included) is steadier than wall
+        # time when something else runs on the machine.
+        results[name]["cpu_seconds"] = sorted(cpu[name])[len(cpu[name]) // 2]
+        results[name]["all_cpu_seconds"] = [round(c, 2) for c in cpu[name]]
 
     # Memory must stay flat as input grows: the same file twice is twice the messages.
     _remove_sqlite(db)
@@ -99,6 +114,12 @@ def bench_replay(capture: Path, messages: int, workdir: Path, rounds: int = ROUN
          "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID", "-e", "sip.CSeq",
          "-e", "sip.Method", "-e", "sip.Status-Code", "-e", "sip.from.tag"]), messages)
     return results
+
+
+def _children_cpu() -> float:
+    """User + system seconds of this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _checked(measured):

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from siptrace.config import Settings
 from siptrace.errors import SiptraceError
 
 app = typer.Typer(
@@ -19,8 +20,8 @@ app = typer.Typer(
 
 DB_URL_HELP = ("Database URL (module parameter db_url): sqlite:///PATH, mysql://USER@HOST/DB, "
                "postgres://USER@HOST/DB. Put a password in the config file or SIPTRACE_DB_URL, "
-               "not here (ps shows arguments). Default sqlite:///siptrace.db.")
-TABLE_HELP = "Table name (module parameter table; default sip_trace)."
+               f"not here (ps shows arguments). Default {Settings.db_url}.")
+TABLE_HELP = f"Table name (module parameter table; default {Settings.table})."
 PROXY_HELP = "The proxy's address IP[:PORT]; sets direction in/out. Repeatable."
 CONFIG_HELP = ("INI file, section \\[siptrace]; keys as the options "
                "(file < SIPTRACE_* environment < command line). Default: $SIPTRACE_CONFIG.")
@@ -50,7 +51,8 @@ def replay(
              "repeatable or comma-separated."),
     hep_capture_id: Optional[int] = typer.Option(
         None, "--hep-capture-id", help="HEP capture agent id (module parameter hep_capture_id, "
-        "default 1). The auth key comes from the config file or SIPTRACE_HEP_AUTH_KEY."),
+        f"default {Settings.hep_capture_id}). The auth key comes from the config file or "
+        "SIPTRACE_HEP_AUTH_KEY."),
     decisions: Optional[Path] = typer.Option(
         None, "--decisions",
         help="Decisions recorded by `siptrace run --record-decisions`: store only what "
@@ -58,7 +60,8 @@ def replay(
     trace_flag: Optional[int] = typer.Option(
         None, "--trace-flag", help="With --decisions: the flag that traces a transaction."),
     traced_user_avp: Optional[int] = typer.Option(
-        None, "--traced-user-avp", help="With --decisions: AVP id of the traced users (6843)."),
+        None, "--traced-user-avp", help="With --decisions: AVP id of the traced users "
+        f"(default {Settings.traced_user_avp})."),
     call_index: Optional[bool] = typer.Option(
         None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
         "`siptrace calls` and the web view search (setting call_index, default on)."),
@@ -270,7 +273,7 @@ def web(
     table: Optional[str] = TableOpt,
     listen: Optional[str] = typer.Option(
         None, "--listen", help="IP:PORT to serve on (setting web_listen, default "
-        "127.0.0.1:8080). Any other address than loopback needs web_password, from the "
+        f"{Settings.web_listen}). Any other address than loopback needs web_password, from the "
         "config file or SIPTRACE_WEB_PASSWORD."),
 ):
     """Serve a read-only web view: search, call list, ladder, messages, pcap download.
@@ -299,38 +302,41 @@ def run(
     table: Optional[str] = typer.Option(None, "--table", help=TABLE_HELP),
     trace_flag: Optional[int] = typer.Option(
         None, "--trace-flag", help="Module parameter trace_flag: the flag (0..31) that "
-        "marks a transaction for tracing in the proxy's decisions. Default 0."),
+        "marks a transaction for tracing in the proxy's decisions. "
+        f"Default {Settings.trace_flag}."),
     trace_on: Optional[str] = typer.Option(
         None, "--trace-on", help="Module parameter trace_on: 1/on to trace from the start "
-        "(default 0); `siptrace on|off` switches it at run time."),
+        f"(default {int(Settings.trace_on)}); `siptrace on|off` switches it at run time."),
     traced_user_avp: Optional[int] = typer.Option(
-        None, "--traced-user-avp", help="Module parameter traced_user_avp (default 6843): "
-        "one more row per value of this AVP; 0 for none."),
+        None, "--traced-user-avp", help="Module parameter traced_user_avp (default "
+        f"{Settings.traced_user_avp}): one more row per value of this AVP; 0 for none."),
     duplicate_uri: Optional[List[str]] = typer.Option(
         None, "--duplicate-uri", help="Module parameter duplicate_uri: sip:host[:port] "
         "(UDP copy) and/or hep:host[:port] (HEPv3). Repeatable."),
     decision_socket: Optional[str] = typer.Option(
         None, "--decision-socket", help="Unix datagram socket for the proxy's decisions "
-        "(default /run/siptrace/decisions.sock, mode 0660)."),
+        f"(default {Settings.decision_socket}, mode 0660)."),
     control_socket: Optional[str] = typer.Option(
         None, "--control-socket", help="Unix socket for `siptrace on|off|status` "
-        "(default /run/siptrace/control.sock, mode 0600)."),
+        f"(default {Settings.control_socket}, mode 0600)."),
     record_decisions: Optional[str] = typer.Option(
         None, "--record-decisions", help="Append every decision received (JSON lines, with "
         "receive time) for `siptrace replay --decisions`."),
     grace: Optional[str] = typer.Option(
-        None, "--grace", help="How long a packet waits for its decision (default 2 s; "
-        "e.g. 0.5, 500ms)."),
+        None, "--grace", help="How long a packet waits for its decision (default "
+        f"{Settings.grace:g} s; e.g. 0.5, 500ms)."),
     trace_all: Optional[bool] = typer.Option(
         None, "--trace-all/--no-trace-all", help="Store every SIP message to or from the "
         "proxy, no decisions needed."),
     hep_capture_id: Optional[int] = typer.Option(
-        None, "--hep-capture-id", help="HEP capture agent id (default 1). The auth key "
-        "comes from the file or SIPTRACE_HEP_AUTH_KEY."),
+        None, "--hep-capture-id", help="HEP capture agent id (default "
+        f"{Settings.hep_capture_id}). The auth key comes from the file or "
+        "SIPTRACE_HEP_AUTH_KEY."),
     spool_dir: Optional[str] = typer.Option(
         None, "--spool-dir", help="Keep rows here while the database is down."),
     spool_max_bytes: Optional[str] = typer.Option(
-        None, "--spool-max-bytes", help="Spool bound (default 1G)."),
+        None, "--spool-max-bytes",
+        help=f"Spool bound (default {Settings.spool_max_bytes >> 20}M; e.g. 512M, 2G)."),
     call_index: Optional[bool] = typer.Option(
         None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
         "`siptrace calls` and the web view search (setting call_index, default on)."),
@@ -368,8 +374,6 @@ def purge(
 ):
     """Delete rows older than a given age, in bounded batches (and their calls' index).
 
-    On a PostgreSQL table created with daily partitions, whole old partitions are dropped.
-
     Example:
 
       siptrace purge --older-than 7d --db-url postgres://siptrace@db/traces
@@ -378,12 +382,10 @@ def purge(
 
     settings = _settings(config, db_url=db_url, table=table)
     result = purge_url(settings.db_url, settings.table, older_than, batch)
-    typer.echo(f"deleted {result.rows_deleted} rows older than {result.cutoff:%Y-%m-%d %H:%M:%S}"
-               + (f", dropped {result.partitions_dropped} partitions"
-                  if result.partitions_dropped else ""))
+    typer.echo(f"deleted {result.rows_deleted} rows older than {result.cutoff:%Y-%m-%d %H:%M:%S}")
 
 
-CONTROL_SOCKET = typer.Option("/run/siptrace/control.sock", "--control-socket",
+CONTROL_SOCKET = typer.Option(Settings.control_socket, "--control-socket",
                               help="The control socket of the running `siptrace run`.")
 
 

@@ -13,9 +13,11 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
-from siptrace.direction import PROXY_FORMS, ProxyAddresses, parse_endpoint
+from siptrace.correlate.correlator import GRACE_NS, TRACED_USER_AVP
+from siptrace.direction import PROXY_FORMS, ProxyAddresses, format_endpoint, parse_endpoint
 from siptrace.errors import ConfigError
 from siptrace.redact import MASK, SECRET_KEYS, redact_url
+from siptrace.timespec import NS, duration_ns
 
 SECTION = "siptrace"
 ENV_PREFIX = "SIPTRACE_"
@@ -24,24 +26,36 @@ MAX_FLAG = 31  # Kamailio/OpenSER message flags are bits 0..31 of a 32-bit mask
 BOOL_WORDS = {"1": True, "on": True, "yes": True, "true": True,
               "0": False, "off": False, "no": False, "false": False}
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_GRACE_S = 60
+# Table names (one rule for every command and the store): the store quotes a name
+# whole, so spaces and dashes are fine, but not '%' (the drivers' placeholders) or
+# quotes. The longest name siptrace derives from one is the call index's index
+# <table>_calls_first_date (store/schema.py): within PostgreSQL's 63 bytes (MySQL: 64).
+MAX_TABLE_NAME = 63 - len("_calls_first_date")
+TABLE_NAME = re.compile(r"[A-Za-z0-9_$-]+(?: +[A-Za-z0-9_$-]+)*")
 
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """Every setting of siptrace, typed and checked. ``str()`` and ``repr()`` are redacted."""
+    """Every setting of siptrace, typed and checked. ``str()`` and ``repr()`` are redacted.
+
+    The defaults here are the only ones: other code reads them from this class
+    (``Settings.db_url``). The correlator's two (grace, traced_user_avp) are defined
+    beside it, as the decoding core does not import the settings.
+    """
 
     db_url: str = "sqlite:///siptrace.db"
     table: str = "sip_trace"
     trace_flag: int = 0
     trace_on: bool = False
-    traced_user_avp: int = 6843
+    traced_user_avp: int = TRACED_USER_AVP
     duplicate_uri: tuple[str, ...] = ()
     interface: tuple[str, ...] = ()
     proxy: tuple[str, ...] = ()
     decision_socket: str = "/run/siptrace/decisions.sock"
     control_socket: str = "/run/siptrace/control.sock"
     record_decisions: str = ""
-    grace: float = 2.0
+    grace: float = GRACE_NS / NS  # seconds
     hep_capture_id: int = 1
     hep_auth_key: str = ""
     spool_dir: str = ""
@@ -54,7 +68,7 @@ class Settings:
 
     @property
     def grace_ns(self) -> int:
-        return round(self.grace * 1e9)
+        return round(self.grace * NS)
 
     @property
     def proxy_addresses(self) -> ProxyAddresses:
@@ -117,25 +131,52 @@ def _db_url(text: str) -> str:
     return text
 
 
+def table_name_problem(name: str) -> str | None:
+    """What is wrong with a table name, worded to follow it; None when it is fine.
+
+    The one rule for every command and for the store (``check_table_name``).
+    """
+    if "." in name:
+        return "has a '.' (schema.table is not supported: the name is quoted whole)"
+    if not TABLE_NAME.fullmatch(name):
+        return "is not a table name (letters, digits, _, $, - and inner spaces)"
+    if len(name) > MAX_TABLE_NAME:
+        return (f"is longer than {MAX_TABLE_NAME} characters (siptrace adds up to 17 for "
+                "its call index, within the databases' 63)")
+    return None
+
+
+def check_table_name(name: str) -> str:
+    """``name`` when it may name the trace table; ConfigError otherwise."""
+    problem = table_name_problem(name)
+    if problem:
+        raise ConfigError(f"table: {name!r} {problem}")
+    return name
+
+
 def _table(text: str) -> str:
     text = text.strip()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?", text):
-        raise _Bad("is not a table name (letters, digits, _; optionally schema.table)")
+    problem = table_name_problem(text)
+    if problem:
+        raise _Bad(problem)
     return text
 
 
-def _bad_item(items: tuple[str, ...], item: str, forms: str) -> _Bad:
-    if len(items) == 1:
-        return _Bad(f"is not {forms}")
-    return _Bad(f"has {item!r}, not {forms}")
+def _bad_item(items: tuple[str, ...], item: str, reason: str) -> _Bad:
+    """A list with a bad item: the reason alone when it is the only one."""
+    return _Bad(reason if len(items) == 1 else f"has {item!r}, which {reason}")
 
 
 def _mirrors(text: str) -> tuple[str, ...]:
+    # Only settings that name mirrors load the mirror package, and they open it anyway.
+    from siptrace.mirror.destinations import split_destination
+
     items = _split(text)
     for item in items:
-        scheme, _, rest = item.partition(":")
-        if scheme.lower() not in ("sip", "hep") or not rest.strip("/"):
-            raise _bad_item(items, item, "sip:host[:port] or hep:host[:port]")
+        try:
+            split_destination(item)
+        except ValueError as exc:
+            raise _bad_item(items, item, str(exc)) from None
     return items
 
 
@@ -143,7 +184,7 @@ def _proxy(text: str) -> tuple[str, ...]:
     items = _split(text)
     for item in items:
         if parse_endpoint(item) is None:
-            raise _bad_item(items, item, PROXY_FORMS)
+            raise _bad_item(items, item, f"is not {PROXY_FORMS}")
     return items
 
 
@@ -154,13 +195,13 @@ def _required(text: str) -> str:
 
 
 def _grace(text: str) -> float:
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*", text)
-    if not match:
-        raise _Bad("is not a duration in seconds (e.g. 2, 0.5, 500ms)")
-    seconds = float(match[1]) / (1000 if match[2] == "ms" else 1)
-    if not 0 < seconds <= 60:
-        raise _Bad("is out of range (0..60 s)")
-    return seconds
+    try:
+        ns = duration_ns(text, "s")
+    except ValueError:
+        raise _Bad("is not a duration in seconds (e.g. 2, 0.5, 500ms)") from None
+    if not 0 < ns <= MAX_GRACE_S * NS:
+        raise _Bad(f"is out of range (0..{MAX_GRACE_S} s)")
+    return ns / NS
 
 
 def _size(text: str) -> int:
@@ -177,8 +218,7 @@ def _listen(text: str) -> str:
     endpoint = parse_endpoint(text)
     if endpoint is None or endpoint[1] is None:
         raise _Bad("is not IP:PORT or [IPv6]:PORT")
-    ip, port = endpoint
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return format_endpoint(*endpoint)
 
 
 PARSERS = {

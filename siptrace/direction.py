@@ -5,6 +5,10 @@ means every port of that address. A message is ``in`` when its destination is th
 proxy, ``out`` when its source is, ``''`` when neither. A message from the proxy to
 itself (a spiral, or a loop through another of its sockets) is ``in``: the
 destination is checked first, as the proxy is the one that receives it last.
+
+Addresses as people write them are read here, for every setting that takes one
+(``proxy``, ``web_listen``, ``duplicate_uri``'s hosts, the capture filter):
+``split_host_port``, ``parse_port`` and ``normalize_ip``.
 """
 
 from ipaddress import ip_address
@@ -15,7 +19,11 @@ PROXY_FORMS = "IP, IP:PORT or [IPv6]:PORT"
 
 
 def normalize_ip(text: str) -> str | None:
-    """An IP address in the decoders' printable form (RFC 5952 for IPv6), or None."""
+    """An IP address in the decoders' printable form (RFC 5952 for IPv6), or None.
+
+    Brackets around an IPv6 address and an IPv6 zone (``%eth0``) are taken off: the
+    one place where an address someone typed becomes the form packets carry.
+    """
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
@@ -26,42 +34,58 @@ def normalize_ip(text: str) -> str | None:
         return None
 
 
-def parse_endpoint(text: str) -> tuple[str, int | None] | None:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (ip, port or None); None when malformed.
+def split_host_port(text: str) -> tuple[str, str | None, bool]:
+    """``host``, ``host:port``, ``[IPv6]`` or ``[IPv6]:port`` -> (host, port text or
+    None, bracketed); ValueError saying what is wrong (``unclosed '['``...).
 
-    A bare IPv6 address (no brackets) is taken as an address without a port.
+    The host comes without brackets and is not checked (an IP, or a name for the
+    caller to resolve). Unbracketed text with more than one colon is a bare IPv6
+    address without a port: whether to take it is the caller's rule.
     """
     text = text.strip()
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            return None
-        ip = normalize_ip(text[1:close])
-        rest = text[close + 1:]
-        if ip is None or ":" not in ip:
-            return None
-        if not rest:
-            return ip, None
-        if not rest.startswith(":"):
-            return None
-        port = _port(rest[1:])
-        return (ip, port) if port is not None else None
+            raise ValueError("has an unclosed '['")
+        host, tail = text[1:close], text[close + 1:]
+        if tail and not tail.startswith(":"):
+            raise ValueError(f"has {tail!r} after ']'")
+        return host, (tail[1:] if tail else None), True
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")
-        ip = normalize_ip(host)
-        port = _port(port_text)
-        if ip is None or port is None or ":" in ip:
-            return None
-        return ip, port
-    ip = normalize_ip(text)
-    return (ip, None) if ip is not None else None
+        return host, port_text, False
+    return text, None, False
 
 
-def _port(text: str) -> int | None:
+def parse_port(text: str) -> int | None:
+    """A port number 1..65535 written in decimal digits, or None."""
     if not (text.isascii() and text.isdigit()) or len(text) > 5:
         return None
     port = int(text)
     return port if 0 < port < 65536 else None
+
+
+def parse_endpoint(text: str) -> tuple[str, int | None] | None:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (ip, port or None); None when malformed.
+
+    A bare IPv6 address (no brackets) is taken as an address without a port.
+    """
+    try:
+        host, port_text, bracketed = split_host_port(text)
+    except ValueError:
+        return None
+    ip = normalize_ip(host)
+    if ip is None or bracketed and ":" not in ip:  # brackets go around IPv6 only
+        return None
+    if port_text is None:
+        return ip, None
+    port = parse_port(port_text)
+    return (ip, port) if port is not None else None
+
+
+def format_endpoint(ip: str, port: int) -> str:
+    """(ip, port) -> ``IP:PORT`` or ``[IPv6]:PORT``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class ProxyAddresses:
@@ -111,13 +135,8 @@ class ProxyAddresses:
 
     def as_strings(self) -> list[str]:
         """The addresses in ``--proxy`` syntax, sorted (for status and messages)."""
-        out = sorted(self.hosts)
-        out += sorted(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-                      for ip, port in self.endpoints)
-        return out
-
-    def is_proxy(self, ip: str, port: int) -> bool:
-        return ip in self.hosts or (ip, port) in self.endpoints
+        return sorted(self.hosts) + sorted(format_endpoint(ip, port)
+                                           for ip, port in self.endpoints)
 
     def received(self, wire) -> bool:
         """The message's destination is the proxy."""

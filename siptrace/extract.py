@@ -29,22 +29,6 @@ class WireMessage:
     dport: int
     sip: SipMessage
 
-    # Both read for every stored row: the format is written out in each rather than
-    # in a shared helper, a call less per endpoint.
-    @property
-    def source(self) -> str:
-        """``proto:ip:port`` as the sip_trace table writes it, IPv6 in brackets."""
-        if self.family == 6:
-            return f"{self.transport}:[{self.src}]:{self.sport}"
-        return f"{self.transport}:{self.src}:{self.sport}"
-
-    @property
-    def destination(self) -> str:
-        """``proto:ip:port`` of the destination, as ``source``."""
-        if self.family == 6:
-            return f"{self.transport}:[{self.dst}]:{self.dport}"
-        return f"{self.transport}:{self.dst}:{self.dport}"
-
 
 class SipExtractor:
     """Feeds capture records through the decoders; returns the SIP messages found.

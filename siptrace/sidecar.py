@@ -2,7 +2,7 @@
 
 Threads: one captures (LiveCapture -> a bounded queue of record batches; it never
 waits on anything downstream), the decision and control sockets read in theirs. The
-store writes from a child process (store/livewriter.py), the Mirror from its worker. One
+store writes from a child process (store/process.py), the Mirror from its worker. One
 processing loop owns the SipExtractor and the Correlator: records and decisions in,
 rows and copies out. SIGTERM/SIGINT stop the capture, give late decisions one grace
 window to claim what waits, store every row still pending, then return.
@@ -20,7 +20,7 @@ from siptrace.control import ControlServer, DecisionRecorder, DecisionSocket
 from siptrace.correlate.correlator import Correlator
 from siptrace.direction import ProxyAddresses, normalize_ip
 from siptrace.extract import SipExtractor
-from siptrace.store.livewriter import LiveWriter
+from siptrace.store.process import LiveWriter
 from siptrace.rows import trace_rows
 from siptrace.store import parse_db_url
 from siptrace.redact import redact_url

@@ -2,7 +2,7 @@
 
 import pytest
 
-from siptrace.config import KEYS, Settings, load_settings
+from siptrace.config import KEYS, MAX_TABLE_NAME, Settings, load_settings
 from siptrace.redact import redact, redact_url
 from siptrace.direction import ProxyAddresses
 from siptrace.errors import ConfigError
@@ -108,15 +108,15 @@ def test_bad_value_in_the_environment():
     ("trace_flag", 32, "trace_flag: '32' is out of range (0..31) (from --trace-flag)"),
     ("trace_flag", "-1", "trace_flag: '-1' is out of range (0..31) (from --trace-flag)"),
     ("traced_user_avp", "x", "traced_user_avp: 'x' is not an integer (from --traced-user-avp)"),
-    ("table", "sip trace", "table: 'sip trace' is not a table name (letters, digits, _; "
-                           "optionally schema.table) (from --table)"),
+    ("table", "public.sip_trace", "table: 'public.sip_trace' has a '.' (schema.table is not "
+                                  "supported: the name is quoted whole) (from --table)"),
     ("grace", "0", "grace: '0' is out of range (0..60 s) (from --grace)"),
     ("grace", "soon", "grace: 'soon' is not a duration in seconds (e.g. 2, 0.5, 500ms) "
                       "(from --grace)"),
     ("proxy", "proxy.example.com", "proxy: 'proxy.example.com' is not IP, IP:PORT or "
                                    "[IPv6]:PORT (from --proxy)"),
-    ("proxy", ["10.0.0.1", "10.0.0.2:x"], "proxy: '10.0.0.1 10.0.0.2:x' has '10.0.0.2:x', not "
-                                          "IP, IP:PORT or [IPv6]:PORT (from --proxy)"),
+    ("proxy", ["10.0.0.1", "10.0.0.2:x"], "proxy: '10.0.0.1 10.0.0.2:x' has '10.0.0.2:x', "
+                                          "which is not IP, IP:PORT or [IPv6]:PORT (from --proxy)"),
     ("duplicate_uri", "udp:10.0.0.1", "duplicate_uri: 'udp:10.0.0.1' is not sip:host[:port] "
                                       "or hep:host[:port] (from --duplicate-uri)"),
     ("spool_max_bytes", "lots", "spool_max_bytes: 'lots' is not a size in bytes (e.g. "
@@ -194,3 +194,139 @@ def test_redact_walks_status_values():
     assert redact(status) == {"db_url": "mysql://u:***@h/db",
                               "errors": ["cannot reach postgres://a:***@c/d"],
                               "hep_auth_key": "***", "n": 3}
+
+
+# -- one rule per kind of value, shared with the code that uses it ------------------------
+
+@pytest.mark.parametrize("text, seconds", [
+    ("2", 2.0), ("0.5", 0.5), ("500ms", 0.5), ("2s", 2.0), ("0.5s", 0.5), ("1s500ms", 1.5),
+    ("60", 60.0), ("1m", 60.0), ("0.001", 0.001)])
+def test_grace_is_a_duration_as_everywhere_or_seconds_alone(text, seconds):
+    assert load_settings(None, env={"SIPTRACE_GRACE": text}).grace == seconds
+
+
+@pytest.mark.parametrize("text, says", [
+    ("0", "is out of range"), ("0ms", "is out of range"), ("61", "is out of range"),
+    ("1m1s", "is out of range"), ("-1", "is not a duration"), ("1.5.2", "is not a duration"),
+    (".5", "is not a duration"), ("2x", "is not a duration")])
+def test_bad_grace(text, says):
+    with pytest.raises(ConfigError, match=says):
+        load_settings(None, env={"SIPTRACE_GRACE": text})
+
+
+def test_defaults_have_one_home():
+    """Settings' defaults are the ones the correlator and the command line use."""
+    from siptrace.correlate.correlator import Correlator
+
+    correlator = Correlator()
+    assert correlator.avp_key == str(Settings.traced_user_avp)
+    assert correlator.grace_ns == Settings().grace_ns
+
+
+LONGEST = "t" * MAX_TABLE_NAME
+TABLE_NAMES_ACCEPTED = ["sip_trace", "strace", "sip trace-2024", "SipTrace$2", "2024_trace",
+                        LONGEST]
+TABLE_NAMES_REFUSED = {
+    "public.sip_trace": "has a '.'",
+    'sip"trace': "is not a table name",
+    "sip`trace": "is not a table name",
+    "sip%strace": "is not a table name",  # %s: the drivers' placeholder
+    "sip\ttrace": "is not a table name",
+    "sip\ntrace": "is not a table name",
+    "tr\u00e4ce": "is not a table name",
+    LONGEST + "t": f"is longer than {MAX_TABLE_NAME} characters",
+}
+
+
+@pytest.mark.parametrize("name", TABLE_NAMES_ACCEPTED)
+def test_table_names_the_settings_and_the_store_accept(name):
+    from siptrace.store.schema import check_table_name as store_rule
+
+    assert load_settings(None, env={}, cli_overrides={"table": name}).table == name
+    assert store_rule(name) == name
+
+
+@pytest.mark.parametrize("name, says", TABLE_NAMES_REFUSED.items())
+def test_table_names_the_settings_and_the_store_refuse_alike(name, says):
+    from siptrace.store.schema import check_table_name as store_rule
+
+    with pytest.raises(ConfigError) as store:
+        store_rule(name)
+    assert says in str(store.value) and str(store.value).startswith(f"table: {name!r} ")
+    with pytest.raises(ConfigError) as settings:
+        load_settings(None, env={}, cli_overrides={"table": name})
+    assert str(settings.value) == f"{store.value} (from --table)"
+
+
+def test_every_name_derived_from_the_longest_table_name_fits_the_databases():
+    """PostgreSQL cuts identifiers at 63 bytes (two index names could then clash),
+    MySQL refuses more than 64: the table name's bound leaves room for all of them."""
+    import peewee
+
+    from siptrace.store.schema import calls_model, trace_model
+
+    db = peewee.PostgresqlDatabase(None)
+    names = []
+    for model in (trace_model(db, LONGEST), calls_model(db, LONGEST)):
+        names.append(model._meta.table_name)
+        names += [index._name for index in model._meta.indexes]
+    assert len(names) == 10 and max(len(n.encode()) for n in names) == 63
+
+
+class _Accepted(Exception):
+    """A command got past its settings: the table name was accepted."""
+
+
+@pytest.fixture
+def commands(monkeypatch):
+    """run, replay, show and calls as the command line runs them, each stopped once it
+    has its settings."""
+    import siptrace.commands
+    import siptrace.reading
+    import siptrace.sidecar
+
+    def accepted(settings, *args, **kwargs):
+        raise _Accepted(settings.table)
+
+    monkeypatch.setattr(siptrace.sidecar, "Sidecar", accepted)
+    monkeypatch.setattr(siptrace.commands, "replay_command", lambda files, settings, **kw:
+                        accepted(settings))
+    monkeypatch.setattr(siptrace.reading, "show_command", accepted)
+    monkeypatch.setattr(siptrace.reading, "calls_command", accepted)
+    return {"run": ["run"], "replay": ["replay", "x.pcap"], "show": ["show"], "calls": ["calls"]}
+
+
+def invoke(args):
+    from typer.testing import CliRunner
+
+    from siptrace.cli import app
+
+    return CliRunner().invoke(app, args, env={"SIPTRACE_CONFIG": ""})
+
+
+@pytest.mark.parametrize("name", TABLE_NAMES_ACCEPTED + list(TABLE_NAMES_REFUSED))
+def test_run_replay_show_and_calls_take_the_same_table_names(commands, name):
+    outcomes = {}
+    for command, args in commands.items():
+        result = invoke([*args, "--table", name])
+        assert isinstance(result.exception, (_Accepted, ConfigError)), (command, result.output)
+        outcomes[command] = str(result.exception)
+    assert len(set(outcomes.values())) == 1, outcomes
+    if name in TABLE_NAMES_ACCEPTED:
+        assert outcomes["run"] == name
+    else:
+        assert outcomes["run"].startswith(f"table: {name!r} ")
+
+
+def test_a_table_name_needing_quotes_from_replay_to_calls(tmp_path):
+    from conftest import PCAPS
+
+    db_url = f"sqlite:///{tmp_path / 't.db'}"
+    table = "sip trace-2024"
+    result = invoke(["replay", str(PCAPS / "kamailio-udp.pcap"), "--db-url", db_url,
+                     "--table", table, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for command in ("show", "calls"):
+        result = invoke([command, "--db-url", db_url, "--table", table, "--json"])
+        assert result.exit_code == 0, result.output
+        assert "1-" in result.output and "@127.0.0.1" in result.output

@@ -33,7 +33,7 @@ FORBIDDEN_MODULES = {
     "importlib": "dynamic imports",
     # databases, capture libraries, user interface
     "sqlite3": "database", "peewee": "database", "playhouse": "database",
-    "psycopg2": "database", "pymysql": "database",
+    "psycopg": "database", "psycopg2": "database", "pymysql": "database", "MySQLdb": "database",
     "scapy": "capture library", "pyshark": "capture library", "dpkt": "capture library",
     "typer": "user interface", "click": "user interface",
 }
@@ -123,6 +123,7 @@ def test_core_module_does_no_io(path: Path):
     ("import os.path", "imports os.path (OS I/O)"),
     ("from scapy.all import rdpcap", "imports scapy.all (capture library)"),
     ("def f():\n    import peewee", "imports peewee (database)"),
+    ("from psycopg import sql", "imports psycopg (database)"),
     ("from time import monotonic", "imports time (wall clock"),
     ("from ..store import schema", "imports siptrace.store (storage: an edge)"),
     ("from siptrace import capture", "imports siptrace.capture (packet sources: an edge)"),

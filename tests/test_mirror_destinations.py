@@ -5,10 +5,12 @@ import subprocess
 
 import pytest
 
+from siptrace.capture.live import build_filter
+from siptrace.config import load_settings
 from siptrace.errors import ConfigError
-from siptrace.mirror import capture_exclusion, parse_destinations
+from siptrace.mirror import parse_destinations
 from siptrace.mirror.destinations import parse_destination
-from test_mirror_support import REAL_PCAPS, missing, require_tool
+from mirror_support import REAL_PCAPS, missing, require_tool
 
 
 @pytest.mark.parametrize("item, expected", [
@@ -32,9 +34,9 @@ def test_parse_destination(item, expected):
     ("sips:10.0.0.1", "is not sip:host[:port]"),
     ("sip:", "no host"),
     ("sip::5060", "no host"),
-    ("hep:127.0.0.1:0", "bad port '0'"),
-    ("hep:127.0.0.1:65536", "bad port '65536'"),
-    ("sip:10.0.0.1:50x", "bad port '50x'"),
+    ("hep:127.0.0.1:0", "has a bad port '0'"),
+    ("hep:127.0.0.1:65536", "has a bad port '65536'"),
+    ("sip:10.0.0.1:50x", "has a bad port '50x'"),
     ("sip:::1:5060", "in brackets"),
     ("sip:[::1:5060", "unclosed '['"),
     ("sip:[::1]5060", "after ']'"),
@@ -44,6 +46,16 @@ def test_malformed_items_are_one_line_config_errors(item, says):
         parse_destinations(item)
     message = str(caught.value)
     assert says in message and message.startswith("duplicate_uri: ") and "\n" not in message
+
+
+@pytest.mark.parametrize("item", ["udp:10.0.0.1:5060", "sip:", "hep:127.0.0.1:0",
+                                  "sip:::1:5060", "sip:[::1:5060", "sip:[::1]5060"])
+def test_the_settings_refuse_what_the_mirror_refuses_in_the_same_words(item):
+    with pytest.raises(ConfigError) as mirror:
+        parse_destinations(item)
+    with pytest.raises(ConfigError) as settings:
+        load_settings(None, env={}, cli_overrides={"duplicate_uri": item})
+    assert str(settings.value) == f"{mirror.value} (from --duplicate-uri)"
 
 
 def test_a_mixed_list_resolves_in_order():
@@ -79,8 +91,10 @@ def test_list_errors(spec, says):
         parse_destinations(spec)
 
 
-def test_capture_exclusion_is_a_valid_bpf_that_drops_only_mirror_copies(tmp_path):
-    """tcpdump compiles the filter and applies it to a real capture plus copies."""
+def test_the_capture_filter_keeps_out_only_the_mirror_copies(tmp_path):
+    """The live filter's exclusion of the mirror targets, as `siptrace run` builds it
+    (build_filter(exclude=Mirror.mirror_addresses())): tcpdump applies it to a real
+    capture plus copies sent to two destinations, IPv4 and IPv6."""
     require_tool("tcpdump")
     capture = REAL_PCAPS / "aboutsip_pkts__cancel.pcap"
     if not capture.is_file():
@@ -93,10 +107,12 @@ def test_capture_exclusion_is_a_valid_bpf_that_drops_only_mirror_copies(tmp_path
     packets = list(rdpcap(str(capture)))
     copies = [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=9060),
               Ether() / IPv6(src="::1", dst="::1") / UDP(sport=40000, dport=5070)]
+    near = [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=9061)]
     mixed = tmp_path / "mixed.pcap"
-    wrpcap(str(mixed), packets + copies)
-    expression = capture_exclusion([("127.0.0.1", 9060), ("::1", 5070)])
+    wrpcap(str(mixed), packets + copies + near)
+    targets = [(d.ip, d.port) for d in parse_destinations("hep:127.0.0.1:9060,sip:[::1]:5070")]
+    expression = build_filter(exclude=targets)
     kept = subprocess.run(["tcpdump", "-nr", str(mixed), expression],
                           capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(kept) == len(packets)
-    assert capture_exclusion([]) == ""
+    assert len(kept) == len(packets) + len(near)
+    assert "9061" in kept[-1]

@@ -21,7 +21,7 @@ import pytest
 
 from siptrace.mirror import Mirror, encode_hep3
 from siptrace.mirror.hep import MAX_HEP3_LENGTH
-from test_mirror_support import (SngrepHep, free_udp_port, missing, real_wires, require_tool,
+from mirror_support import (SngrepHep, free_udp_port, missing, real_wires, require_tool,
                                  sample_sip, tshark_frames, udp_port_bound, wire)
 
 # Whole messages per datagram/segment: IPv6 over UDP, IPv4 over TCP, IPv4 over UDP.

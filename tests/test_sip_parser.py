@@ -255,6 +255,21 @@ def test_header_lines_without_a_colon_are_skipped():
     assert msg.call_id == "kept"
 
 
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+def test_a_known_header_name_without_a_colon_is_skipped_with_either_line_end(eol):
+    raw = eol.join([b"SIP/2.0 200 OK", b"Call-ID", b"Via", b"CSeq", b"f: <sip:a@b>;tag=1",
+                    b"i: second", b"", b""])
+    msg = parse_message(raw)
+    assert (msg.call_id, msg.via_headers, msg.defects) == ("second", [], ("no CSeq",))
+
+
+def test_a_start_line_ending_in_a_bare_cr_is_no_start_line():
+    raw = b"OPTIONS sip:x@y SIP/2.0\r\r\nCall-ID: x\r\n\r\n"
+    with pytest.raises(SipParseError):
+        parse_message(raw)
+    assert not looks_like_sip(raw)
+
+
 def test_an_empty_header_section():
     msg = parse_message(b"SIP/2.0 100 Trying\r\n\r\nCall-ID: in-the-body\r\n")
     assert msg.call_id == "" and "no Call-ID" in msg.defects

@@ -1,102 +1,239 @@
-"""Database outages under load: rows spool, drain in order, none lost, none twice.
+"""Database outages under load, through the writers production uses: none lost, none twice.
+
+Live capture: `siptrace run --trace-all` captures numbered SIP messages on lo and
+stores them through its store process (store/process.py: LiveWriter, and in the
+child a BatchWriter with its spool) while the test stops and restarts the server.
+Replay: ProcessWriter, replay's sink, fed numbered rows as the decoding loop feeds
+it. Checked every time: each message stored exactly once, in the order sent.
 
 These tests stop and restart the shared PostgreSQL and MariaDB servers (marked
 ``outage``: never run them in parallel with other database tests). Servers are always
 restarted in a ``finally`` block and waited for.
 """
 
+import socket
 import threading
 import time
+import uuid
 
 import pytest
 
-from siptrace.store import BatchWriter, TraceStore
+from kamailio_lab import Lab, siptrace_status
+from siptrace.store.process import ProcessWriter
 from storefixtures import (ScratchDatabase, can_control_servers, make_rows, start_server,
                            stop_server, _unavailable)
 
-pytestmark = pytest.mark.outage
-ROWS_PER_PHASE = 20_000
-CHUNK = 50
+pytestmark = [pytest.mark.outage, pytest.mark.parametrize("dialect", ["postgresql", "mysql"])]
+
+PROXY, UAC = "127.0.0.71", "127.0.0.72"  # addresses no other test uses
+PORT = 15370
+RATE = 2_000  # messages/s on the wire while the server is stopped
+OUTAGE_S = 20.0
+PACE_S = 0.005  # the sender's bursts
 
 
-class Feeder(threading.Thread):
-    """Puts rows at a steady pace (about 20,000 rows/s) like a capture loop would.
-
-    With ``hold_at``, it stops after that many rows (``held`` is set) until ``go``
-    is set, so that a test can act between the two halves whatever the machine's speed.
-    """
-
-    def __init__(self, writer, rows, hold_at=None):
-        super().__init__(daemon=True)
-        self.writer, self.rows, self.hold_at = writer, rows, hold_at
-        self.held, self.go = threading.Event(), threading.Event()
-
-    def run(self):
-        for i in range(0, len(self.rows), CHUNK):
-            if i == self.hold_at:
-                self.held.set()
-                assert self.go.wait(120), "the test never let the feeder go on"
-            self.writer.put(self.rows[i:i + CHUNK])
-            time.sleep(CHUNK / 20_000)
-
-
-def wait_for(condition, writer, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, writer.stats
-        time.sleep(0.05)
-
-
-def wait_drained(writer, timeout=60.0):
-    wait_for(lambda: not (writer.stats["spool_depth"] or writer.stats["pending"]), writer,
-             timeout)
-
-
-@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
-def test_server_stopped_under_load_and_writer_restarted_with_a_full_spool(dialect, tmp_path):
+@pytest.fixture
+def db(dialect, tmp_path):
     if not can_control_servers():
         _unavailable("stopping the database servers needs root, pg_ctlcluster and mariadbd")
-    db = ScratchDatabase(dialect, tmp_path)
-    spool_dir = tmp_path / "spool"
-    phases = [make_rows(ROWS_PER_PHASE, f"ph{k}") for k in range(3)]
+    scratch = ScratchDatabase(dialect, tmp_path)
+    yield scratch
+    start_server(dialect)
+    scratch.drop()
+
+
+def message(call_id: str) -> bytes:
+    return (f"OPTIONS sip:probe@{PROXY}:{PORT} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {UAC}:{PORT};branch=z9hG4bK-{call_id}\r\n"
+            f"From: <sip:tester@{UAC}>;tag=t-{call_id}\r\nTo: <sip:probe@{PROXY}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+class Wire:
+    """Numbered messages from UAC to PROXY at a steady rate; ``sent`` lists their Call-IDs.
+
+    Call-IDs start with this test's own ``tag``: the capture filter lets IP fragments
+    from anywhere through, so other tests' large messages on lo may be stored too.
+    """
+
+    def __init__(self):
+        self.proxy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.proxy.bind((PROXY, PORT))  # bound, so that nothing answers ICMP unreachable
+        self.uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.uac.bind((UAC, PORT))
+        self.tag = f"outage{uuid.uuid4().hex[:8]}"
+        self.sent: list[str] = []
+
+    def send(self, prefix: str, count: int, rate: int = RATE) -> None:
+        started, first = time.monotonic(), len(self.sent)
+        for i in range(count):
+            while i >= (time.monotonic() - started) * rate:
+                time.sleep(PACE_S)
+            call_id = f"{self.tag}-{prefix}-{i}"
+            self.uac.sendto(message(call_id), (PROXY, PORT))
+            self.sent.append(call_id)
+        assert len(self.sent) == first + count
+
+    def send_in_background(self, prefix: str, count: int) -> threading.Thread:
+        thread = threading.Thread(target=self.send, args=(prefix, count), daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.proxy.close()
+        self.uac.close()
+
+
+@pytest.fixture
+def wire():
+    w = Wire()
+    yield w
+    w.close()
+
+
+def run_siptrace(lab: Lab, tmp_path, db) -> tuple:
+    control = tmp_path / "control.sock"
+    proc = lab.siptrace_run(["--interface", "lo", "--proxy", f"{PROXY}:{PORT}", "--trace-all",
+                             "--trace-on", "1", "--db-url", db.url,
+                             "--spool-dir", str(tmp_path / "spool"), "--grace", "1",
+                             "--decision-socket", str(tmp_path / "decisions.sock"),
+                             "--control-socket", str(control)], control)
+    return proc, control
+
+
+def until(condition, control, what: str, timeout: float = 90.0) -> dict:
+    """Polls the status until condition(status) holds; fails with the status if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = siptrace_status(control)
+        if condition(status):
+            return status
+        assert time.monotonic() < deadline, f"{what}: {status}"
+        time.sleep(0.1)
+
+
+def captured_all(wire):
+    """At least every message sent was captured (other tests' fragments may add some)."""
+    def check(status):
+        assert status["kernel_drops"] == 0 and status["capture_queue_drops"] == 0, status
+        return status["sip_messages"] >= len(wire.sent)
+    return check
+
+
+def stored(db, tag: str) -> list[str]:
+    return [r[0] for r in db.query(
+        "SELECT callid FROM sip_trace WHERE callid LIKE %s ORDER BY id", (f"{tag}-%",))]
+
+
+def all_stored(db, wire):
+    """A status condition: nothing pending or spooled, and every message in the table."""
+    def check(status):
+        return (not status["spool_depth"] and not status["rows_pending"]
+                and len(stored(db, wire.tag)) >= len(wire.sent))
+    return check
+
+
+def assert_stored_once_in_order(db, tag: str, expected: list[str]) -> None:
+    rows = stored(db, tag)
+    assert len(rows) == len(expected) and len(set(rows)) == len(rows)
+    assert rows == expected
+
+
+def test_live_server_down_at_start(db, dialect, tmp_path, wire):
+    with Lab(tmp_path) as lab:
+        try:
+            stop_server(dialect)
+            proc, control = run_siptrace(lab, tmp_path, db)
+            wire.send("start", 4_000)
+            until(lambda s: captured_all(wire)(s) and s["spool_depth"] >= len(wire.sent),
+                  control, "every row spooled while the server is down")
+        finally:
+            start_server(dialect)
+        status = until(all_stored(db, wire), control,
+                       "the spool drained once the server is up")
+        assert status["rows_dropped"] == 0 and status["rows_spooled"] >= len(wire.sent)
+        assert lab.stop(proc) == 0, lab.output("siptrace")
+    assert_stored_once_in_order(db, wire.tag, wire.sent)
+
+
+def test_live_server_stopped_20_s_under_load(db, dialect, tmp_path, wire):
+    with Lab(tmp_path) as lab:
+        proc, control = run_siptrace(lab, tmp_path, db)
+        load = wire.send_in_background("load", int(RATE * (OUTAGE_S + 8)))
+        until(lambda s: s["rows_stored"] >= 2 * RATE, control, "rows stored before the outage")
+        try:
+            stop_server(dialect)
+            time.sleep(OUTAGE_S)
+            status = siptrace_status(control)
+            assert status["spool_depth"] > RATE * OUTAGE_S / 2, status  # spooling meanwhile
+            assert status["db_last_error"], status
+        finally:
+            start_server(dialect)
+        load.join()
+        until(lambda s: captured_all(wire)(s) and all_stored(db, wire)(s), control,
+              "every row stored after the outage")
+        assert lab.stop(proc) == 0, lab.output("siptrace")
+    assert_stored_once_in_order(db, wire.tag, wire.sent)
+
+
+def test_live_sigterm_with_the_server_down_then_a_new_siptrace_drains(db, dialect, tmp_path,
+                                                                       wire):
+    with Lab(tmp_path) as lab:
+        first, control = run_siptrace(lab, tmp_path, db)
+        wire.send("before", 2_000)
+        until(all_stored(db, wire), control, "rows stored")
+        try:
+            stop_server(dialect)
+            wire.send("down", 3_000)
+            until(captured_all(wire), control, "messages captured while the server is down")
+            assert lab.stop(first) == 0, lab.output("siptrace")  # SIGTERM: the rest spooled
+            summary = lab.output("siptrace")
+            spooled = int(summary.split("rows_spooled:")[1].split()[0])
+            assert spooled >= 3_000 and "rows_dropped:         0\n" in summary, summary
+        finally:
+            start_server(dialect)
+        second, control = run_siptrace(lab, tmp_path, db)
+        until(lambda s: s["rows_stored"] >= 3_000 and not s["spool_depth"], control,
+              "the new siptrace drained the spool")
+        wire.send("after", 2_000)
+        until(all_stored(db, wire), control, "rows stored after the restart")
+        assert lab.stop(second) == 0, lab.output("siptrace")
+    assert_stored_once_in_order(db, wire.tag, wire.sent)
+
+
+def test_replay_waits_for_a_server_stopped_under_load(db, dialect):
+    """put() waits while the server is down (no row dropped), and goes on after."""
+    rows = make_rows(80_000, "replay")
+    # Every row here is a call of its own: the call index would make this test about
+    # the index's speed, not about the writer's waiting.
+    writer = ProcessWriter(db.url, "sip_trace", call_index=False)
+    progress = [0]
+
+    def feed():  # as replay_files does, 1,000-row puts, at 8,000 rows/s
+        started = time.monotonic()
+        for i in range(0, len(rows), 1000):
+            time.sleep(max(0.0, started + i / 8_000 - time.monotonic()))
+            writer.put(rows[i:i + 1000])
+            progress[0] = i + 1000
+
+    feeder = threading.Thread(target=feed, daemon=True)
     try:
-        # Phase 0: the server goes away mid-run and comes back while the writer runs.
-        writer = BatchWriter(TraceStore(db.url), max_rows=1000, max_delay=0.05,
-                             spool=spool_dir, retry_max=0.5)
-        feeder = Feeder(writer, phases[0], hold_at=ROWS_PER_PHASE // 2)
         feeder.start()
-        assert feeder.held.wait(60)
-        try:
-            stop_server(dialect)
-            feeder.go.set()  # the second half arrives while the server is down
-            wait_for(lambda: writer.stats["errors"] >= 1, writer)
-        finally:
-            feeder.go.set()
-            start_server(dialect)
-        feeder.join()
-        wait_drained(writer)
-        assert writer.stats["errors"] >= 1 and writer.stats["spooled"] > 0
-        # Phase 1: down again; siptrace stops with rows still spooled.
-        try:
-            stop_server(dialect)
-            feeder = Feeder(writer, phases[1])
-            feeder.start()
-            feeder.join()
-            writer.close()
-            assert writer.stats["spool_depth"] > 0
-        finally:
-            start_server(dialect)
-        # Phase 2: a new siptrace drains the spool first, then carries on.
-        writer = BatchWriter(TraceStore(db.url), max_rows=1000, max_delay=0.05, spool=spool_dir)
-        feeder = Feeder(writer, phases[2])
-        feeder.start()
-        feeder.join()
-        writer.close()
-        assert writer.stats["dropped"] == 0 and writer.stats["spool_depth"] == 0
-        stored = [r[0] for r in db.query("SELECT callid FROM sip_trace ORDER BY id")]
-        expected = [r.callid for phase in phases for r in phase]
-        assert len(stored) == len(expected) and len(set(stored)) == len(stored)
-        assert stored == expected  # and in order
+        deadline = time.monotonic() + 60
+        while not writer.stats["rows_written"]:
+            assert time.monotonic() < deadline, writer.stats
+            time.sleep(0.05)
+        stop_server(dialect)
+        time.sleep(OUTAGE_S / 2 - 2)
+        stalled_at = progress[0]
+        time.sleep(2)
+        assert progress[0] == stalled_at < len(rows), "put() went on with the server down"
     finally:
         start_server(dialect)
-        db.drop()
+    feeder.join(120)
+    assert progress[0] == len(rows)
+    writer.close(timeout=120)
+    stats = writer.stats
+    assert stats["rows_written"] == len(rows) and stats["dropped"] == 0, stats
+    assert stats["errors"] >= 1, stats
+    assert_stored_once_in_order(db, "replay", [r.callid for r in rows])

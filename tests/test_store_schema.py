@@ -1,4 +1,5 @@
-"""Schema parity: the table siptrace creates is schema.sql's, on each real backend."""
+"""Schema parity: schema.sql holds the statements siptrace runs, and they make the same
+table on each real backend."""
 
 import re
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from siptrace.store import TraceStore
+from siptrace.store.schema import table_ddl
 from storefixtures import any_db, make_rows  # noqa: F401  (fixtures)
 
 SCHEMA_SQL = Path(__file__).resolve().parents[1] / "schema.sql"
@@ -17,6 +19,16 @@ def schema_statements(dialect: str) -> list[str]:
     body = dict(zip(sections[1::2], sections[2::2]))[dialect]
     body = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
     return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def one_line(statement: str) -> str:
+    """schema.sql's layout undone: one space between tokens, none inside parentheses."""
+    return " ".join(statement.split()).replace("( ", "(").replace(" )", ")")
+
+
+@pytest.mark.parametrize("dialect", ["mysql", "postgresql", "sqlite"])
+def test_schema_sql_is_what_siptrace_runs(dialect):
+    assert [one_line(s) for s in schema_statements(dialect)] == table_ddl(dialect)
 
 
 def run_schema_sql(db, table: str = "sip_trace") -> None:

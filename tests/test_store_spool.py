@@ -1,5 +1,7 @@
 """The durable spool: format, bounds, crash recovery, and no row stored twice."""
 
+import subprocess
+import sys
 from datetime import datetime
 
 from hypothesis import given, settings
@@ -22,6 +24,15 @@ rows_strategy = st.lists(st.builds(
 @settings(max_examples=200)
 def test_batch_encoding_round_trips(rows):
     assert decode_batch(encode_batch(rows)) == (rows, None)
+
+
+def test_the_spool_format_needs_no_database_layer():
+    code = ("import sys; from siptrace.store.spool import Spool, decode_batch, encode_batch; "
+            "from siptrace.store import Marker; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('peewee', 'psycopg', 'pymysql', 'sqlite3') or m == 'siptrace.store.tracestore'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_fifo_across_reopen_and_ack(tmp_path):

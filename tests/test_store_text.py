@@ -48,3 +48,82 @@ def test_round_trip_through_the_database(any_db):
     stored = any_db.query("SELECT callid, msg FROM sip_trace ORDER BY id")
     assert [text_to_msg(m) for _, m in stored] == SAMPLES
     assert stored[0][1] == SAMPLES[0].decode() and stored[1][1] == SAMPLES[1].decode()
+
+
+def every_byte_rows(backslash: bool = True) -> list:
+    """Rows whose Call-IDs and messages hold every byte value 0-255, each one also next
+    to quotes and backslashes (``backslash=False``: every byte but the backslash)."""
+    values = [b for b in range(256) if backslash or b != 0x5C]
+    raws = [bytes(values[i:i + 64]) for i in range(0, len(values), 64)]  # within 254 characters
+    if backslash:
+        raws += [b"\\" + bytes([b]) + b"'" + bytes([b]) + b"\\" for b in values]
+        raws += [b"\\", b"'", b"\\'", b"'\\", b"''\\\\", b"end\\", b"\\0\\n\\Z\\%\\_\\b"]
+    else:
+        raws += [b"'" + bytes([b]) + b"''" + bytes([b]) for b in values]
+    msgs = [bytes(values), bytes(reversed(values))] + raws
+    rows = make_rows(len(msgs), "bytes")
+    return [r._replace(callid=raws[i % len(raws)].decode("utf-8", "surrogateescape"), msg=msg)
+            for i, (r, msg) in enumerate(zip(rows, msgs))]
+
+
+def stored_bytes(db) -> list:
+    """(Call-ID, msg) of every row, as the bytes they stand for, in id order."""
+    return [(text_to_msg(c), text_to_msg(m)) for c, m in db.query("SELECT callid, msg FROM sip_trace ORDER BY id")]
+
+
+def as_bytes(rows) -> list:
+    return [(r.callid.encode("utf-8", "surrogateescape"), r.msg) for r in rows]
+
+
+def test_every_byte_value_round_trips_in_call_id_and_msg(any_db):
+    rows = every_byte_rows(backslash=False) + every_byte_rows()
+    with TraceStore(any_db.url) as store:
+        store.insert(rows[:300])
+        store.insert(rows[300:])
+    assert stored_bytes(any_db) == as_bytes(rows)
+
+
+# A DBA's sql_mode under a running writer: the session's own mode changed between
+# batches (NO_BACKSLASH_ESCAPES on and off, ANSI quoting, strict), and the global mode
+# changed before a reconnect.
+SESSION_MODES = ["", "NO_BACKSLASH_ESCAPES", "ANSI", "ANSI,NO_BACKSLASH_ESCAPES", "TRADITIONAL"]
+
+
+def test_mysql_literals_do_not_depend_on_the_sql_mode(tmp_path):
+    from siptrace.store.urls import MYSQL_SQL_MODE
+    from storefixtures import ScratchDatabase, my_admin
+
+    db = ScratchDatabase("mysql", tmp_path)
+    admin = my_admin()
+    cursor = admin.cursor()
+    cursor.execute("SELECT @@GLOBAL.sql_mode")
+    (global_mode,) = cursor.fetchone()
+    plain, with_backslashes = every_byte_rows(backslash=False), every_byte_rows()
+    sent = []
+    store = TraceStore(db.url)
+    try:
+        session_mode = lambda: set(store.database.execute_sql(  # noqa: E731
+            "SELECT @@SESSION.sql_mode").fetchone()[0].split(","))
+        store.connect()
+        assert session_mode() == set(MYSQL_SQL_MODE.split(","))
+        for mode in SESSION_MODES:
+            store.database.execute_sql("SET SESSION sql_mode = %s", (mode,))
+            for rows in (plain, with_backslashes):  # both ways of building the statement
+                store.insert(rows)
+                sent += rows
+        for extra in (",NO_BACKSLASH_ESCAPES", ",ANSI_QUOTES"):
+            cursor.execute(f"SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, '{extra}')")
+            try:
+                store.close()
+                store.insert(with_backslashes)  # reconnects: siptrace's mode, not the global one
+                sent += with_backslashes
+                assert session_mode() == set(MYSQL_SQL_MODE.split(","))
+            finally:
+                cursor.execute("SET GLOBAL sql_mode = %s", (global_mode,))
+        store.close()
+        assert stored_bytes(db) == as_bytes(sent)
+    finally:
+        cursor.execute("SET GLOBAL sql_mode = %s", (global_mode,))
+        admin.close()
+        store.close()
+        db.drop()

@@ -55,3 +55,9 @@ def test_unreachable_server_error_and_stats_hide_the_password(url, tmp_path):
     writer.close()
     assert writer.stats["spool_depth"] == 3
     assert "s3cr3t" not in repr(writer.stats) and writer.stats["errors"] >= 1
+
+
+def test_mysql_sql_mode_is_not_a_url_option():
+    with pytest.raises(ConfigError) as err:
+        TraceStore("mysql://u:s3cr3t-pw@127.0.0.1/db?sql_mode=NO_BACKSLASH_ESCAPES")
+    assert "sql_mode" in str(err.value) and "s3cr3t" not in str(err.value)

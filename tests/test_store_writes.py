@@ -60,7 +60,7 @@ def test_process_writer_stores_every_row_once_in_order(any_db):
 
 @pytest.mark.parametrize("db_url, table, reason", [
     ("bogus://x", "sip_trace", "unknown scheme 'bogus'"),
-    ("sqlite:///t.db", "a`b", "no quotes or NUL"),
+    ("sqlite:///t.db", "a`b", "'a`b'"),  # the wording is config.py's table-name rule
     ("postgres://postgres:s3cret@127.0.0.1:1/none?connect_timeout=1", "sip_trace", "connect"),
 ])
 def test_process_writer_reports_bad_settings_and_a_dead_database_as_one_line(

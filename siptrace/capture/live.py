@@ -17,11 +17,11 @@ import socket
 import struct
 import time
 from collections import Counter
-from ipaddress import ip_address
 from pathlib import Path
 from threading import Event
 from typing import Iterable, Iterator
 
+from siptrace.direction import normalize_ip
 from siptrace.errors import ConfigError, SiptraceError
 
 # <linux/if_ether.h>, <linux/if_packet.h>, <linux/if_arp.h>
@@ -107,11 +107,10 @@ def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),
 
 def _bare_ip(host: str) -> str:
     """An address as libpcap wants it: brackets and IPv6 zone removed, validated."""
-    bare = host.strip("[]").split("%", 1)[0]
-    try:
-        return str(ip_address(bare))
-    except ValueError:
-        raise ConfigError(f"capture filter: {host!r} is not an IP address") from None
+    ip = normalize_ip(host)
+    if ip is None:
+        raise ConfigError(f"capture filter: {host!r} is not an IP address")
+    return ip
 
 
 class LiveCapture:

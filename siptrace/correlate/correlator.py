@@ -6,6 +6,11 @@ time of the event fed). Matching is by Call-ID, CSeq and the chain of Via branch
 received becomes the second one of what it sends; section 16.7 step 3: it pops
 that Via from replies). The semantics are those of the original module's TM/SL
 callbacks; docs/decisions.md says what is traced, and where siptrace differs.
+
+A waiting message keeps three flags rather than one explicit state: what it waits
+for (its own decision, a transaction that sent it, one it is a reply to) are
+independent claims arriving in any order, and a state per combination would be a
+table of seven states saying what the three flags say.
 """
 
 from collections import Counter, OrderedDict, deque
@@ -24,7 +29,8 @@ INVITE_TTL_NS = 190 * SECOND
 # 64*T1 (Timers B, F, H, J): how long a completed transaction can still see
 # retransmissions; plus a margin for the ACK and late CANCEL replies.
 COMPLETED_TTL_NS = 64 * T1_NS + 8 * SECOND
-GRACE_NS = 2 * SECOND
+GRACE_NS = 2 * SECOND  # the grace setting's default (config.Settings takes it from here)
+TRACED_USER_AVP = 6843  # the module's traced_user_avp default (config.Settings too)
 MAX_CAPTURE_LAG_NS = 10 * SECOND
 MAX_BRANCHES = 64  # forks remembered per transaction
 MAX_SWITCHES = 64  # on/off history kept to judge a message by its capture time
@@ -48,18 +54,21 @@ class Traced(NamedTuple):
 class Correlator:
     """Decides which wire messages are traced, from the proxy's decisions.
 
-    ``on_packet``, ``on_decision`` and ``tick`` return the Traced outputs they
-    complete, a transaction's messages in capture order. ``finish`` ends the
-    input. ``stats`` counts: packets, decisions, matched (a decision paired with
-    the message it was made for), unclaimed_packets (nothing claimed them within
-    the grace window), unmatched_decisions, traced_requests, traced_replies (the
+    ``on_packet`` and ``on_decision`` return the Traced outputs they complete, a
+    transaction's messages in capture order. ``tick`` (time passes) and ``finish``
+    (the input ends) only expire what waits, which is never traced; they return []
+    all the same, so that a loop drains every entry point alike.
+
+    ``stats`` counts: packets, decisions, matched (a decision paired with the
+    message it was made for), unclaimed_packets (nothing claimed them within the
+    grace window), unmatched_decisions, traced_requests, traced_replies (the
     module's statistics: messages emitted, not rows), foreign_packets (neither to
     nor from the proxy), transactions, evicted_packets, evicted_decisions,
     evicted_transactions, decisions_ignored (trace_all mode).
     """
 
     def __init__(self, proxy: ProxyAddresses | None = None, *, trace_flag: int = 0,
-                 traced_user_avp: int = 6843, trace_on: bool = True,
+                 traced_user_avp: int = TRACED_USER_AVP, trace_on: bool = True,
                  trace_all: bool = False, grace_ns: int = GRACE_NS,
                  transaction_ttl_ns: int = INVITE_TTL_NS,
                  completed_ttl_ns: int = COMPLETED_TTL_NS,
@@ -120,14 +129,14 @@ class Correlator:
                 "pending_decisions": self._waiting_claims, "transactions": len(self._txns)}
 
     def tick(self, now_ns: int) -> list[Traced]:
-        """Let time pass: expire what waited too long (expiry never emits)."""
+        """Let time pass: expire what waited too long. Returns [] (expiry never traces)."""
         self._advance(now_ns)
         self._next_sweep = 0
         self._expire()
         return []
 
     def finish(self, now_ns: int | None = None) -> list[Traced]:
-        """End of input: everything still waiting is given up and counted."""
+        """End of input: everything still waiting is given up and counted. Returns []."""
         if now_ns is not None:
             self._advance(now_ns)
         while self._pending:

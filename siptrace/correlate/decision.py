@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from siptrace.direction import normalize_ip
+from siptrace.direction import normalize_ip, parse_port
 from siptrace.errors import DecodeError
 
 MAX_DECISION_BYTES = 65536  # larger datagrams are refused (docs/decisions.md)
@@ -160,10 +160,11 @@ def _avps(raw: dict) -> MappingProxyType:
 
 
 def _src_addr(src: str) -> tuple[str, int]:
+    """``proto:ip:port``; the port follows the last colon, so IPv6 may be bracketed or not."""
     proto, sep, rest = src.partition(":")
     host, sep2, port_text = rest.rpartition(":")
     ip = normalize_ip(host) if sep and sep2 else None
-    if ip is None or not (port_text.isascii() and port_text.isdigit()) \
-            or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+    port = parse_port(port_text)
+    if ip is None or port is None:
         raise DecodeError("src: not 'proto:ip:port'")
-    return ip, int(port_text)
+    return ip, port

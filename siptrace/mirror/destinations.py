@@ -10,10 +10,12 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
+from siptrace.direction import format_endpoint, parse_port, split_host_port
 from siptrace.errors import ConfigError
 
 DEFAULT_PORT = {"sip": 5060, "hep": 9060}
 CONFIG_KEY = "duplicate_uri"
+FORMS = "sip:host[:port] or hep:host[:port]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,51 +35,44 @@ class Destination:
     sockaddr: tuple  # what connect() takes (IPv6: with flow info and scope id)
 
 
-def _split_host_port(rest: str, item: str) -> tuple[str, str | None]:
-    """'host', 'host:port', '[v6]' or '[v6]:port' -> (host, port text or None)."""
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end < 0:
-            raise ConfigError(f"{CONFIG_KEY}: unclosed '[' in {item!r}")
-        host, tail = rest[1:end], rest[end + 1:]
-        if tail and not tail.startswith(":"):
-            raise ConfigError(f"{CONFIG_KEY}: unexpected {tail!r} after ']' in {item!r}")
-        return host, (tail[1:] if tail else None)
-    if rest.count(":") > 1:
-        raise ConfigError(
-            f"{CONFIG_KEY}: write the IPv6 address of {item!r} in brackets, "
-            f"e.g. sip:[::1]:5060")
-    host, colon, port = rest.partition(":")
-    return host, (port if colon else None)
+def split_destination(item: str) -> tuple[str, str, int]:
+    """'sip:host[:port]' or 'hep:host[:port]' -> (kind, host, port); ValueError with
+    what is wrong, worded to follow the item (``has no host``...). No resolution.
+
+    A SIP URI's user part and parameters (``sip:user@host:5060;transport=udp``) are
+    accepted and ignored: copies always go over UDP, as the module documents. An
+    IPv6 address goes in brackets, as in a SIP URI (RFC 3261 section 25.1).
+    """
+    scheme, colon, rest = item.strip().partition(":")
+    kind = scheme.strip().lower()
+    if not colon or kind not in DEFAULT_PORT:
+        raise ValueError(f"is not {FORMS}")
+    if kind == "sip":
+        rest = rest.partition(";")[0].rpartition("@")[2]
+    host, port_text, bracketed = split_host_port(rest)
+    if ":" in host and not bracketed:
+        raise ValueError("has an IPv6 address not in brackets (e.g. sip:[::1]:5060)")
+    if not host:
+        raise ValueError("has no host")
+    if port_text is None:
+        return kind, host, DEFAULT_PORT[kind]
+    port = parse_port(port_text)
+    if port is None:
+        raise ValueError(f"has a bad port {port_text!r}")
+    return kind, host, port
 
 
 def parse_destination(item: str) -> tuple[str, str, int]:
-    """'sip:host[:port]' or 'hep:host[:port]' -> (kind, host, port); no resolution.
-
-    A SIP URI's user part and parameters (``sip:user@host:5060;transport=udp``) are
-    accepted and ignored: copies always go over UDP, as the module documents.
-    """
-    scheme, colon, rest = item.partition(":")
-    kind = scheme.strip().lower()
-    if not colon or kind not in DEFAULT_PORT:
-        raise ConfigError(
-            f"{CONFIG_KEY}: {item!r} is not sip:host[:port] or hep:host[:port]")
-    if kind == "sip":
-        rest = rest.partition(";")[0].rpartition("@")[2]
-    host, port_text = _split_host_port(rest.strip(), item)
-    if not host:
-        raise ConfigError(f"{CONFIG_KEY}: no host in {item!r}")
-    if port_text is None:
-        return kind, host, DEFAULT_PORT[kind]
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{CONFIG_KEY}: bad port {port_text!r} in {item!r}")
-    return kind, host, int(port_text)
+    """``split_destination``, with ConfigError naming the key and the item."""
+    try:
+        return split_destination(item)
+    except ValueError as exc:
+        raise ConfigError(f"{CONFIG_KEY}: {item.strip()!r} {exc}") from None
 
 
 def resolve(kind: str, host: str, port: int) -> Destination:
     """Resolves host to one UDP address (the resolver's first answer)."""
-    label = f"[{host}]" if ":" in host else host
-    name = f"{kind}:{label}:{port}"
+    name = f"{kind}:{format_endpoint(host, port)}"
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -111,15 +106,3 @@ def parse_destinations(spec: str | Iterable[str]) -> list[Destination]:
         destinations.append(destination)
     return destinations
 
-
-def capture_exclusion(addresses: Iterable[tuple[str, int]]) -> str:
-    """A BPF expression matching no UDP packet sent to any of ``addresses``.
-
-    For the live capture filter (no loops: siptrace must not trace its own copies),
-    e.g. ``not (udp and dst host 127.0.0.1 and dst port 9060)``. Non-first IP
-    fragments carry no port, so a large copy's later fragments still pass a BPF port
-    test: the capture side must also drop reassembled datagrams to these addresses.
-    Returns '' for no addresses.
-    """
-    terms = [f"(udp and dst host {ip} and dst port {port})" for ip, port in addresses]
-    return f"not ({' or '.join(terms)})" if terms else ""

@@ -1,71 +1,53 @@
-"""The mirror worker process: reads batches of messages on stdin, sends the copies.
+"""The mirror's job in its worker process: encode and send the copies.
 
-Started by ``sender.Mirror`` (``main(argv)``, argv[1] the COUNTERS_FD); not a command
-for users. Its own interpreter, so that encoding and sending (one system call
-per copy) never wait for, or hold, the capture process's GIL.
+Built in the child by siptrace/worker.py (``MirrorJob(config, log=...)``), fed lists
+of message tuples (ts_ns, transport, family, src, sport, dst, dport, raw, call_id),
+the arguments of ``hep.encode_fields``. Its own interpreter, so that encoding and
+sending (one system call per copy) never wait for, or hold, the capture process's GIL.
 
-Protocol on stdin, each frame a uint32 length (network order) then a pickle: first
-the configuration ``{"destinations": [(kind, family, sockaddr, name)], "capture_id":
-int, "auth_chunk": bytes}`` (the auth key travels here, never on the command line),
-then lists of message tuples (ts_ns, transport, family, src, sport, dst, dport, raw,
-call_id), the arguments of ``hep.encode_fields``. End of input: exit.
-
-Counters live in the shared memory file COUNTERS_FD, unsigned 64-bit: messages
-processed, then (sent, failed) per destination. Errors are written to stderr, one
-line for the first error of each kind per destination; the parent logs them.
+``config``: ``{"destinations": [(kind, family, sockaddr, name)], "capture_id": int,
+"auth_chunk": bytes}``; it reaches the child pickled over multiprocessing's pipe,
+never on a command line (the auth key is in it). ``stats()``: ``sent`` and ``failed``,
+one count per destination. The first error of each kind per destination is one line
+for the parent's log.
 """
 
-import mmap
-import pickle
-import signal
 import socket
-import struct
-import sys
 
 from siptrace.mirror.hep import encode_fields
 
-FRAME_LENGTH = struct.Struct("!I")
-COUNTER = struct.Struct("Q")
 
-
-def read_frame(stream) -> bytes | None:
-    head = stream.read(FRAME_LENGTH.size)
-    if len(head) < FRAME_LENGTH.size:
-        return None
-    (length,) = FRAME_LENGTH.unpack(head)
-    body = stream.read(length)
-    return body if len(body) == length else None
-
-
-class Worker:
-    def __init__(self, config: dict, counters: memoryview):
-        self.counters = counters  # cast to unsigned 64-bit: [processed, sent0, failed0, ...]
+class MirrorJob:
+    def __init__(self, config: dict, *, log):
         self.capture_id = config["capture_id"]
         self.auth_chunk = config["auth_chunk"]
+        self.log = log
         self.logged: set[tuple[str, object]] = set()
+        self.sent = [0] * len(config["destinations"])
+        self.failed = [0] * len(config["destinations"])
+        self.sockets = []
         self.targets = []
         for index, (kind, family, sockaddr, name) in enumerate(config["destinations"]):
             sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sockets.append(sock)
             sock.connect(sockaddr)
             sock.setblocking(False)
-            self.targets.append((kind == "hep", sock.send, 1 + 2 * index, name))
+            self.targets.append((kind == "hep", sock.send, index, name))
 
-    def mirror(self, batch: list) -> None:
-        counters = self.counters
+    def handle(self, batch: list) -> None:
         for fields in batch:
             try:
                 self._mirror_one(fields)
             except Exception as exc:  # a malformed message: count it, never stop
-                for _is_hep, _send, slot, name in self.targets:
-                    counters[slot + 1] += 1
+                for _is_hep, _send, index, name in self.targets:
+                    self.failed[index] += 1
                     self.note(name, "bad-message", f"cannot mirror a message: {exc!r}")
-            counters[0] += 1
 
     def _mirror_one(self, fields: tuple) -> None:
-        counters = self.counters
+        sent, failed = self.sent, self.failed
         raw = fields[7]
         hep = None
-        for is_hep, send, slot, name in self.targets:
+        for is_hep, send, index, name in self.targets:
             if is_hep:
                 if hep is None:
                     try:
@@ -73,7 +55,7 @@ class Worker:
                     except ValueError as exc:
                         hep = exc
                 if isinstance(hep, ValueError):
-                    counters[slot + 1] += 1
+                    failed[index] += 1
                     self.note(name, "hep", str(hep))
                     continue
                 data = hep
@@ -82,38 +64,20 @@ class Worker:
             try:
                 send(data)
             except OSError as exc:
-                counters[slot + 1] += 1
+                failed[index] += 1
                 self.note(name, exc.errno, exc.strerror or str(exc))
             else:
-                counters[slot] += 1
+                sent[index] += 1
 
     def note(self, name: str, kind, text: str) -> None:
-        """The first error of each kind per destination, one line on stderr."""
+        """The first error of each kind per destination, one line for the parent's log."""
         if (name, kind) not in self.logged:
             self.logged.add((name, kind))
-            sys.stderr.write(f"mirror {name}: {text} (counted as failed; not logged again)\n")
-            sys.stderr.flush()
+            self.log(f"mirror {name}: {text} (counted as failed; not logged again)")
 
+    def stats(self) -> dict:
+        return {"sent": list(self.sent), "failed": list(self.failed)}
 
-def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    stream = sys.stdin.buffer
-    counters_fd = int(argv[1])
-    shared = mmap.mmap(counters_fd, 0)
-    counters = memoryview(shared).cast("Q")
-    try:
-        config = pickle.loads(read_frame(stream) or b"")
-        worker = Worker(config, counters)
-        while (frame := read_frame(stream)) is not None:
-            worker.mirror(pickle.loads(frame))
-    except Exception as exc:  # one line, never a traceback
-        sys.stderr.write(f"mirror worker stopped: {exc!r}\n")
-        return 1
-    finally:
-        counters.release()
-        shared.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()

@@ -7,6 +7,7 @@ compact forms expanded (``COMPACT_FORMS``), names compared case-insensitively.
 """
 
 import re
+from functools import lru_cache
 from siptrace.sip.parser import COMPACT_FORMS
 
 _FOLD = re.compile(rb"\r?\n[ \t]+")
@@ -27,19 +28,22 @@ def header_section(raw: bytes) -> bytes:
 
 def find_headers(raw: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
     """The first value of each of ``names`` (lower-case long forms) present in ``raw``."""
-    wanted = {name.encode() for name in names}
     found: dict[str, bytes] = {}
-    for line in header_section(raw).split(b"\n"):
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name = name.strip().lower()
-        name = COMPACT_FORMS.get(name, name)
-        if name in wanted:
-            key = name.decode()
-            if key not in found:
-                found[key] = value.strip()
+    for name, value in _header_pattern(names).findall(header_section(raw)):
+        name = name.rstrip().lower()
+        key = COMPACT_FORMS.get(name, name).decode()
+        if key not in found:
+            found[key] = value.strip()
     return found
+
+
+@lru_cache(maxsize=16)
+def _header_pattern(names: tuple[str, ...]) -> re.Pattern:
+    """One scan for the lines of these headers, long or compact form, any case."""
+    spellings = {name.encode() for name in names}
+    spellings |= {short for short, long in COMPACT_FORMS.items() if long in spellings}
+    choice = b"|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
+    return re.compile(rb"^[ \t]*(" + choice + rb")[ \t]*:([^\n]*)", re.I | re.M)
 
 
 def name_addr(value: bytes) -> tuple[str, str]:

@@ -15,6 +15,13 @@ is taken as Wireshark takes it, and what was tolerated is named in
 
 When a header is repeated the first one counts, except Via where every value counts.
 Values are decoded as UTF-8, undecodable bytes replaced (as Wireshark shows them).
+
+Two paths, one header loop (``_scan``): a message with CRLF line ends and an empty line
+after its headers is split at CRLF (the common case, and the fast one); ``_scan_slow``
+brings any other header section (bare LF, folded lines, no empty line) to the same
+lines first. The start line is checked here as ``detect.start_line_ok`` checks it, in a
+faster way that also reads the method or status. tests/test_fast_paths.py requires the
+same fields from CRLF and LF, and the same decisions as ``detect.looks_like_sip``.
 """
 
 import re
@@ -100,7 +107,7 @@ def parse_message(raw: bytes) -> SipMessage:
     else:
         header_end = True
     line = lines[0]
-    if line[-1:] == b"\r":
+    if line[-1:] == b"\r" and not header_end:  # split at LF: the CR of a CRLF
         line = line[:-1]
     method = status = None
     if line[:8] == STATUS_PREFIX:
@@ -117,12 +124,13 @@ def parse_message(raw: bytes) -> SipMessage:
             method = parts[0].decode("ascii")
         if parts[2] != SIP_VERSION or parts[1].find(b":") <= 0:
             raise SipParseError("start line is neither a request nor a status line")
-    if header_end:
-        found, ended = _scan(lines, raw)
+    found = _scan(lines[1:]) if header_end else None
+    if found is not None:
+        ended = True
     elif len(lines) == 1:
         raise SipParseError("no line end after the start line")
     else:
-        found, ended = _scan_slow(lines)
+        found, ended = _scan_slow(raw)
     _, vias, from_tag, to_header, call_id, cseq, content_length = found
     # Defects are rare: a tuple grown when one is found, not a list per message.
     defects = () if ended else ("no end of headers",)
@@ -163,42 +171,40 @@ def parse_message(raw: bytes) -> SipMessage:
                       to_header, vias, content_length, defects)
 
 
-def _scan(lines: list, raw: bytes) -> tuple[list, bool]:
-    """The headers found, and True (the header section ends), from ``lines[1:]``, a
-    header section with CRLF line ends only. A folded line sends the whole message
-    to ``_scan_slow``.
+def _scan(lines: list) -> list | None:
+    """The headers found in ``lines``, header lines without their line ends; None
+    when a line is folded (starts with a space or tab): ``_scan_slow`` unfolds it.
 
-    The headers found are a list indexed by header key: the first value (None when
-    missing), and at ``_VIA`` the list of every Via value. A list, not a dict: the
-    parser unpacks it in one step.
+    The one header loop: ``_scan_slow`` brings every other header section to these
+    lines, so CRLF and LF messages give the same fields. A line without a colon is
+    skipped. The headers found are a list indexed by header key: the first value
+    (None when missing), and at ``_VIA`` the list of every Via value. A list, not a
+    dict: the parser unpacks it in one step.
     """
     exact = _EXACT
     vias = []
     found = [None, vias, None, None, None, None, None]
-    for line in lines[1:]:
+    for line in lines:
         name, colon, value = line.partition(b":")
         key = exact.get(name)
-        if key:
+        if key is None:
+            if name[:1] in (b" ", b"\t"):  # folded
+                return None
+            key = _WANTED.get(name.rstrip().lower())
+        if key and colon:
             if key == _VIA:
                 vias.append(value)
             elif found[key] is None:
                 found[key] = value
-        elif key is None:
-            if name[:1] in (b" ", b"\t", b""):  # folded
-                return _scan_slow(raw.split(b"\n", MAX_HEADER_LINES))
-            key = _WANTED.get(name.rstrip().lower())
-            if key and colon:
-                if key == _VIA:
-                    vias.append(value)
-                elif found[key] is None:
-                    found[key] = value
-    return found, True
+    return found
 
 
-def _scan_slow(lines: list) -> tuple[list, bool]:
-    """``_scan`` for the rest: bare LF line ends, folded lines (RFC 3261 section 7.3.1),
-    no empty line after the headers, more than ``MAX_HEADER_LINES`` lines."""
-    text = b"\n".join(lines[1:])
+def _scan_slow(raw: bytes) -> tuple[list, bool]:
+    """``_scan`` for the rest, and whether an empty line ends the headers: bare LF line
+    ends, folded lines (RFC 3261 section 7.3.1), no empty line after the headers, more
+    than ``MAX_HEADER_LINES`` lines. Brings the header section to ``_scan``'s lines:
+    unfolded, without line ends."""
+    text = raw[raw.find(b"\n") + 1:]  # after the start line
     if text[:1] == b"\n" or text[:2] == b"\r\n":  # an empty header section
         end = 0
     else:
@@ -209,14 +215,10 @@ def _scan_slow(lines: list) -> tuple[list, bool]:
     ended = end >= 0
     if not ended:
         end = len(text)
-    vias = []
-    found = [None, vias, None, None, None, None, None]  # as in _scan
-    for line in _FOLD.sub(b" ", text[:end]).lstrip(b" \t").split(b"\n"):
-        name, colon, value = line.partition(b":")
-        key = _WANTED.get(name.strip().lower())
-        if key and colon:
-            if key == _VIA:
-                vias.append(value)
-            elif found[key] is None:
-                found[key] = value
-    return found, ended
+    # Unfolded, no line starts with a space or tab but the first (white space before
+    # the first header): stripped, and dropped when nothing is left of it.
+    lines = _FOLD.sub(b" ", text[:end]).lstrip(b" \t").split(b"\n")
+    lines = [line[:-1] if line[-1:] == b"\r" else line for line in lines]
+    if not lines[0]:
+        del lines[0]
+    return _scan(lines), ended

@@ -2,7 +2,7 @@
 
 Public API::
 
-    TraceStore(db_url, table, partitioned=False)   .insert(rows) .count() .close()
+    TraceStore(db_url, table, call_index=True)     .insert(rows) .count() .close()
     BatchWriter(store, max_rows, max_delay, queue_rows, spool)  .put() .flush() .close() .stats
     Spool(spool_dir, max_bytes)                    inspect_spool(spool_dir)
     purge(store, older_than), purge_url(db_url, table, "7d"), parse_duration("12h")
@@ -17,7 +17,7 @@ _HOMES = {
     "BatchWriter": "batch", "PurgeResult": "retention", "parse_duration": "retention",
     "purge": "retention", "purge_url": "retention", "trace_model": "schema",
     "Spool": "spool", "inspect_spool": "spool", "msg_to_text": "text", "text_to_msg": "text",
-    "Marker": "tracestore", "TraceStore": "tracestore", "DbUrl": "urls",
+    "Marker": "marker", "TraceStore": "tracestore", "DbUrl": "urls",
     "parse_db_url": "urls", "redact_url": "urls",
 }
 

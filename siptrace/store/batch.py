@@ -5,12 +5,22 @@ transaction per batch. When the database fails, batches go to the durable Spool 
 the writer reconnects with exponential backoff; while the spool holds anything, new
 batches queue up behind it, so rows reach the table in the order they were spooled.
 A full queue overflows into the spool; a full spool drops rows, counted.
+
+With ``block=True`` (replay) put() waits for room instead, and with ``max_delay=0``
+the writer takes whatever is queued at once (up to max_rows) rather than waiting for
+a batch to fill: a backlog makes bigger transactions, an idle database no waiting.
+Without a spool a failed batch is held in memory and retried until the database
+answers (with ``block``, also at close: nothing is given up). ``on_error(text)`` hears
+of the first failure after a success. With ``thread=False`` there is no writer thread:
+put() itself writes the rows as one transaction. Both siptrace writers run this class
+in their child process (store/process.py).
 """
 
 import random
 import threading
 import time
 from collections import Counter, deque
+from typing import Callable
 
 from siptrace.errors import StorageError
 from siptrace.store.spool import Spool
@@ -20,6 +30,7 @@ from siptrace.redact import scrub
 RETRY_INITIAL = 0.25  # seconds before the first reconnect attempt
 RETRY_MAX = 10.0
 SYNC_INTERVAL = 0.05  # seconds between fsyncs of records put() spooled
+IDLE_WAIT = 0.2  # seconds the writer thread sleeps at most while nothing is queued
 
 
 class BatchWriter:
@@ -27,11 +38,15 @@ class BatchWriter:
 
     def __init__(self, store: TraceStore, max_rows: int = 1000, max_delay: float = 0.2,
                  queue_rows: int = 100_000, spool: Spool | str | None = None,
-                 spool_max_bytes: int | None = None, retry_max: float = RETRY_MAX):
+                 spool_max_bytes: int | None = None, retry_max: float = RETRY_MAX,
+                 block: bool = False, on_error: Callable[[str], None] | None = None,
+                 thread: bool = True):
         self.store = store
         self.max_rows = max_rows
         self.max_delay = max_delay
         self.queue_rows = queue_rows
+        self.block = block
+        self.on_error = on_error
         if isinstance(spool, Spool) or spool is None:
             self.spool = spool
         else:
@@ -43,27 +58,41 @@ class BatchWriter:
         self._queue: deque = deque()
         self._queued = 0
         self._held: list | None = None  # a failed batch kept in memory when there is no spool
+        self._held_marker = None  # its marker when its COMMIT outcome is unknown
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._abandon = False  # close() timed out: leave the rest in the spool
         self._down_until = 0.0
         self._failures = 0
-        self._thread = threading.Thread(target=self._run, name="siptrace-writer", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="siptrace-writer",
+                                            daemon=True)
+            self._thread.start()
 
     # -- producer side --------------------------------------------------------------
     def put(self, rows) -> None:
-        """Hand rows over; never blocks on the database."""
+        """Hand rows over; never blocks on the database, unless ``block`` (then it
+        waits while the queue is full)."""
         n = len(rows)
         if not n:
             return
+        if self._thread is None:
+            self._write_now(rows)
+            return
         with self._cond:
-            if self._queued + n <= self.queue_rows and not self._stopping:
-                self._queue.append(rows)
-                self._queued += n
-                if self._queued >= self.max_rows:
-                    self._cond.notify()
-                return
+            if self.block:
+                while self._queued and self._queued + n > self.queue_rows \
+                        and not self._stopping:
+                    self._cond.wait()
+            if self._queued + n <= self.queue_rows or (self.block and not self._queued):
+                if not self._stopping:
+                    self._queue.append(rows)
+                    self._queued += n
+                    if self._queued >= self.max_rows or not self.max_delay:
+                        self._cond.notify_all()
+                    return
         self.counts["overflow"] += n
         self._spool_or_drop(rows)
 
@@ -87,11 +116,21 @@ class BatchWriter:
         return True
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Write or spool everything, drain the spool while the database answers, stop."""
+        """Write or spool everything, drain the spool while the database answers, stop.
+
+        After ``timeout`` s the writer stops draining: what is left stays spooled."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread is None:
+            self._final_drain()
+        else:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._abandon = True
+                with self._cond:
+                    self._cond.notify_all()
+                self._thread.join()
         if self.spool is not None:
             self.spool.close()
         self.store.close()
@@ -99,6 +138,7 @@ class BatchWriter:
     @property
     def stats(self) -> dict:
         spool = self.spool
+        store_stats = dict(self.store.stats)  # one C-level copy: the writer thread adds keys
         return {
             "rows_written": self.counts["written"],
             "batches": self.counts["batches"],
@@ -110,18 +150,28 @@ class BatchWriter:
             "overflow": self.counts["overflow"],
             "errors": self.counts["errors"],
             "last_error": self.last_error,
-            **{k: v for k, v in self.store.stats.items() if k.startswith("truncated_")},
+            **{k: v for k, v in store_stats.items() if k.startswith("truncated_")},
         }
+
+    def _write_now(self, rows) -> None:
+        """Without a thread: the rows are one transaction, stored (or spooled) before
+        put() returns; a failed one is retried until the database takes it."""
+        self._handle(rows if isinstance(rows, list) else list(rows))
+        while self._held is not None and not self._retry_held() and not self._giving_up():
+            pass
+        self._drain()
 
     # -- writer thread --------------------------------------------------------------
     def _take(self) -> list:
-        """Up to max_rows rows, waiting at most max_delay for a batch to fill."""
+        """Up to max_rows rows, waiting at most max_delay for a batch to fill, and at
+        most IDLE_WAIT (or max_delay, if longer) while nothing is queued."""
         with self._cond:
-            deadline = time.monotonic() + self.max_delay
+            started = time.monotonic()
+            idle = max(self.max_delay, IDLE_WAIT)
             while self._queued < self.max_rows and not self._stopping:
                 if self.spool is not None and self.spool.records and self._is_up():
                     break  # spool to drain: do not sit waiting for rows
-                left = deadline - time.monotonic()
+                left = (self.max_delay if self._queued else idle) - (time.monotonic() - started)
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -135,15 +185,19 @@ class BatchWriter:
                 batch.extend(rows)
                 self._queued -= len(rows)
             self._busy = bool(batch)
+            if batch and self.block:
+                self._cond.notify_all()  # room for a waiting put()
             return batch
 
     def _run(self) -> None:
         last_sync = time.monotonic()
         while True:
+            if self._held is not None and not self._retry_held():
+                if self._giving_up():
+                    break  # the database is still down: _final_drain counts the rest
+                continue  # nothing new is taken while a batch waits for the database
             batch = self._take()
             try:
-                if self._held:
-                    self._retry_held()
                 if batch:
                     self._handle(batch)
                 self._drain()
@@ -159,32 +213,32 @@ class BatchWriter:
                 self.spool.sync()
                 last_sync = time.monotonic()
             with self._cond:
-                if self._stopping and not self._queue:
+                if self._stopping and not self._queue and self._held is None:
                     break
         self._final_drain()
 
     def _final_drain(self) -> None:
-        if self._held:
-            self._retry_held()
         if self.spool is not None:
             self._down_until = 0.0  # one honest try at close
             self._drain()
             self.spool.sync()
-        if self._held:  # no spool and the database is still down: these are lost
-            self.counts["dropped"] += len(self._held)
-            self._held = None
+        if self._held is not None:  # no spool and the database is still down: lost
+            with self._cond:
+                lost = len(self._held) + self._queued
+                self._held = None
+                self._queue.clear()
+                self._queued = 0
+            self.counts["dropped"] += lost
 
     def _is_up(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return not self._abandon and time.monotonic() >= self._down_until
 
     def _handle(self, batch: list) -> None:
         if self.spool is not None and (self.spool.records or not self._is_up()):
             self._spool_or_drop(batch)
             return
         if self.spool is None and not self._is_up():
-            self._held = batch
-            self._wait_until_up()
-            self._retry_held()
+            self._held, self._held_marker = batch, None
             return
         try:
             self.store.insert(batch)
@@ -194,26 +248,39 @@ class BatchWriter:
             if self.spool is not None:
                 self._spool_or_drop(batch, marker)
             else:
-                self._held = batch
+                self._held, self._held_marker = batch, marker
             return
         self._succeeded(len(batch))
 
-    def _retry_held(self) -> None:
-        batch, self._held = self._held, None
+    def _retry_held(self) -> bool:
+        """Without a spool: the failed batch again, once the backoff has passed (at
+        once when giving up); True when it is stored. A batch whose COMMIT outcome
+        was unknown is first looked up by its marker, as a spooled one is."""
+        self._wait_until_up()
+        batch, marker = self._held, self._held_marker
         try:
-            self.store.insert(batch)
-        except StorageError as exc:
+            if marker is not None and self.store.landed(marker):
+                self.counts["already_stored"] += len(batch)
+            else:
+                self.store.insert(batch)
+                self._succeeded(len(batch))
+        except Exception as exc:  # StorageError; anything else is a bug, counted the same
             self._failed(exc)
-            self._held = batch
-            if not self._stopping:
-                self._wait_until_up()
-            return
-        self._succeeded(len(batch))
+            return False
+        with self._cond:
+            self._held = self._held_marker = None
+            self._cond.notify_all()
+        return True
 
     def _wait_until_up(self) -> None:
         with self._cond:
-            while not self._is_up() and not self._stopping:
-                self._cond.wait(self._down_until - time.monotonic())
+            while not self._is_up() and not self._giving_up():
+                self._cond.wait(max(0.01, self._down_until - time.monotonic()))
+
+    def _giving_up(self) -> bool:
+        """Stop waiting for the database: at close, unless ``block`` (which never
+        drops), and whatever ``block`` says once close() has timed out."""
+        return self._abandon or (self._stopping and not self.block)
 
     def _drain(self) -> None:
         """Send spooled batches, oldest first, while the database takes them."""
@@ -247,6 +314,8 @@ class BatchWriter:
     def _failed(self, exc: BaseException) -> None:
         self.counts["errors"] += 1
         self.last_error = scrub(str(exc), self.store.url.password)
+        if not self._failures and self.on_error is not None:
+            self.on_error(self.last_error)  # the first failure after a success
         delay = min(self.retry_max, RETRY_INITIAL * (2 ** self._failures))
         self._failures = min(self._failures + 1, 16)
         self._down_until = time.monotonic() + delay * random.uniform(0.8, 1.2)

@@ -11,15 +11,16 @@ that ``siptrace index`` on a table another program writes goes on from there.
 """
 
 from collections import OrderedDict, deque
+from operator import itemgetter
 from datetime import datetime, timezone
 from typing import Sequence
 
 import peewee
 
-from siptrace.store.schema import CALL_WIDTHS, calls_model, index_state_model
+from siptrace.store.schema import CALL_WIDTHS, VARCHAR_WIDTHS, calls_model, index_state_model
 from siptrace.store.text import clean_text
 from siptrace.view.model import is_copy
-from siptrace.view.summary import SUMMARY_FIELDS, CallSummary
+from siptrace.view.summary import SUMMARY_FIELDS, CallSummary, fold
 
 CACHED_CALLS = 20_000  # summaries kept in memory between batches (about 10 MB)
 # Per cached call, the last messages seen (as hashes): a copy stored for a traced user
@@ -42,6 +43,11 @@ class CallIndexer:
         self.cached_calls = cached_calls
         self._cache: OrderedDict[str, CallSummary] = OrderedDict()
         self._recent: dict[str, deque] = {}  # hashes of each cached call's last messages
+        self._statements()
+
+    @property
+    def tables(self) -> tuple[str, str]:
+        return self.model._meta.table_name, self.state._meta.table_name
 
     def create(self) -> None:
         """Create the index tables when missing."""
@@ -59,21 +65,25 @@ class CallIndexer:
         ``last_id``: the highest row id among ``rows`` when the caller knows it;
         otherwise the table's highest id is recorded.
         """
-        calls = self._load({r[1] for r in rows if r[1]})
-        touched: dict[str, CallSummary] = {}
-        for date, callid, traced_user, msg, method, status, fromip, toip, *_ in rows:
-            if not callid:
-                continue  # no Call-ID, no call
-            recent = self._recent.get(callid)
-            if recent is None:
-                recent = self._recent[callid] = deque(maxlen=RECENT_PER_CALL)
-            identity = hash((date, fromip, toip, msg))
-            if is_copy(traced_user, identity, recent):
-                continue  # the same message again, stored for a traced user
-            recent.append(identity)
-            call = calls[callid]
-            call.add(date, method, status, fromip, toip, msg)
-            touched[callid] = call
+        columns = [list(map(itemgetter(i), rows)) for i in range(8)]
+        if "" in columns[1]:  # no Call-ID, no call
+            with_callid = [i for i, callid in enumerate(columns[1]) if callid]
+            columns = [[column[i] for i in with_callid] for column in columns]
+        dates, callids, users, msgs, methods, statuses, fromips, toips = columns
+        if not callids:
+            return 0
+        joined = "\x00".join(callids)
+        if (not joined.isascii() or joined.count("\x00") != len(callids) - 1
+                or max(map(len, callids)) > VARCHAR_WIDTHS["callid"]):
+            callids = list(map(stored_callid, callids))
+        keep = self._not_copies(callids, users, dates, fromips, toips, msgs)
+        if keep is not None:
+            callids, dates, methods, statuses, fromips, toips, msgs = (
+                [column[i] for i in keep]
+                for column in (callids, dates, methods, statuses, fromips, toips, msgs))
+        calls = self._load(set(callids))
+        fold(calls, callids, dates, methods, statuses, fromips, toips, msgs)
+        touched = calls
         try:
             with self.database.atomic():
                 for start in range(0, len(touched), WRITE_CHUNK):
@@ -84,6 +94,27 @@ class CallIndexer:
             raise
         self._remember(touched)
         return len(touched)
+
+    def _not_copies(self, callids, users, dates, fromips, toips, msgs) -> list[int] | None:
+        """The rows that are not copies stored for traced users (None: all of them);
+        notes the last messages of each call for the copies of the next batch."""
+        recents = self._recent
+        if not any(users):  # copies follow their message closely: note only the tail
+            tail = slice(-RECENT_PER_CALL, None)
+            for callid, identity in zip(callids[tail], map(hash, zip(
+                    dates[tail], fromips[tail], toips[tail], msgs[tail]))):
+                recents.setdefault(callid, deque(maxlen=RECENT_PER_CALL)).append(identity)
+            return None
+        keep = []
+        identities = map(hash, zip(dates, fromips, toips, msgs))
+        for i, (callid, user, identity) in enumerate(zip(callids, users, identities)):
+            recent = recents.get(callid)
+            if recent is None:
+                recent = recents[callid] = deque(maxlen=RECENT_PER_CALL)
+            if not is_copy(user, identity, recent):
+                keep.append(i)
+            recent.append(identity)
+        return keep
 
     def recall(self, rows: Sequence[tuple]) -> None:
         """Note rows already folded in (an earlier run's last ones, oldest first) so that
@@ -96,38 +127,63 @@ class CallIndexer:
         """Summaries for ``callids``: from the cache, else the index, else new ones."""
         calls = {c: self._cache[c] for c in callids if c in self._cache}
         missing = [c for c in callids if c not in calls]
+        cursor = self.database.cursor()
         for start in range(0, len(missing), LOAD_CHUNK):
             chunk = missing[start:start + LOAD_CHUNK]
-            for record in self.model.select().where(self.model.callid.in_(chunk)).dicts():
-                calls[record["callid"]] = summary_from_record(record)
+            marks = ", ".join([self._mark] * len(chunk))
+            cursor.execute(f"{self._select_sql} ({marks}))", chunk)
+            for values in cursor.fetchall():
+                calls[values[0]] = summary_from_record(dict(zip(_COLUMNS, values)))
         for callid in missing:
             calls.setdefault(callid, CallSummary(callid))
         return calls
 
+    def _statements(self) -> None:
+        """The SQL of the per-batch statements, built once by peewee: building a query
+        per batch cost more than running it (the index is kept on the write path)."""
+        model, state, db = self.model, self.state, self.database
+        mysql = isinstance(db, peewee.MySQLDatabase)
+        fields = [getattr(model, name) for name in _COLUMNS]
+        update = fields[1:]
+        query = model.insert_many([tuple(range(len(fields)))], fields=fields)
+        query = (query.on_conflict(preserve=update) if mysql else
+                 query.on_conflict(conflict_target=[model.callid], preserve=update))
+        self._upsert_sql = query.returning().sql()[0]
+        query = state.insert_many([(0, 0, 0)], fields=[state.table_name, state.last_id,
+                                                       state.updated])
+        preserve = [state.last_id, state.updated]
+        query = (query.on_conflict(preserve=preserve) if mysql else
+                 query.on_conflict(conflict_target=[state.table_name], preserve=preserve))
+        self._state_sql = query.returning().sql()[0]
+        trace = peewee.Table(self.trace_table)
+        self._max_id_sql = trace.select(peewee.fn.MAX(trace.c.id)).bind(db).sql()[0]
+        select = model.select(*fields).where(model.callid == "x").sql()[0]
+        # "SELECT ... WHERE (callid = ?)" -> "SELECT ... WHERE (callid IN"; _load adds "(?, ...))"
+        self._select_sql = select.rsplit("=", 1)[0].rstrip() + " IN"
+        self._mark = "?" if isinstance(db, peewee.SqliteDatabase) else "%s"
+        self._dates_as_text = isinstance(db, peewee.SqliteDatabase)
+
     def _upsert(self, calls: list[CallSummary]) -> None:
-        records = [_record_of(call) for call in calls]
-        query = self.model.insert_many(records)
-        update = [getattr(self.model, name) for name in _COLUMNS if name != "callid"]
-        if isinstance(self.database, peewee.MySQLDatabase):
-            query = query.on_conflict(preserve=update)
-        else:
-            query = query.on_conflict(conflict_target=[self.model.callid], preserve=update)
-        query.execute()
+        rows = [_values_of(call, self._dates_as_text) for call in calls]
+        if not isinstance(self.database, peewee.PostgresqlDatabase):
+            # sqlite3 runs executemany in-process; PyMySQL makes it one multi-row INSERT.
+            self.database.cursor().executemany(self._upsert_sql, rows)
+            return
+        # psycopg would send one statement per row: one multi-row statement instead.
+        head, values, tail = self._upsert_sql.partition("VALUES ")
+        group = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+        assert tail.startswith(group)
+        sql = f"{head}{values}{', '.join([group] * len(rows))}{tail[len(group):]}"
+        self.database.cursor().execute(sql, [v for row in rows for v in row])
 
     def _record(self, last_id: int | None) -> None:
-        state = self.state
+        cursor = self.database.cursor()
         if last_id is None:
-            trace = peewee.Table(self.trace_table)
-            last_id = (trace.select(peewee.fn.MAX(trace.c.id)).bind(self.database).scalar()
-                       or 0)
+            cursor.execute(self._max_id_sql)
+            last_id = cursor.fetchone()[0] or 0
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        query = state.insert(table_name=self.trace_table, last_id=last_id, updated=now)
-        if isinstance(self.database, peewee.MySQLDatabase):
-            query = query.on_conflict(preserve=[state.last_id, state.updated])
-        else:
-            query = query.on_conflict(conflict_target=[state.table_name],
-                                      preserve=[state.last_id, state.updated])
-        query.execute()
+        cursor.execute(self._state_sql, (self.trace_table, last_id,
+                                         str(now) if self._dates_as_text else now))
 
     def _remember(self, touched: dict[str, CallSummary]) -> None:
         cache = self._cache
@@ -138,14 +194,35 @@ class CallIndexer:
             self._recent.pop(cache.popitem(last=False)[0], None)
 
 
-def _record_of(call: CallSummary) -> dict:
-    record = {name: getattr(call, name) for name in _COLUMNS}
-    for name, width in CALL_WIDTHS.items():
-        value = record[name]
-        if not value.isascii() or "\x00" in value:
-            value = clean_text(value)
-        record[name] = value[:width]
-    return record
+def stored_callid(callid: str) -> str:
+    """The Call-ID as the trace table holds it (store/text.py; cut to the column)."""
+    if not callid.isascii() or "\x00" in callid:
+        callid = clean_text(callid)
+    return callid[:VARCHAR_WIDTHS["callid"]]
+
+
+_SHORT = tuple((i, CALL_WIDTHS[name]) for i, name in enumerate(_COLUMNS) if name in CALL_WIDTHS)
+_DATES = tuple(i for i, name in enumerate(_COLUMNS) if name.endswith("_date"))
+
+
+def _values_of(call: CallSummary, dates_as_text: bool) -> list:
+    """The index row of a call, in ``_COLUMNS`` order, strings clean and cut to width."""
+    values = [getattr(call, name) for name in _COLUMNS]
+    strings = [values[i] for i, _ in _SHORT]
+    joined = "".join(strings)
+    if joined.isascii() and "\x00" not in joined and all(
+            len(value) <= width for value, (_, width) in zip(strings, _SHORT)):
+        pass  # every string is stored as it is
+    else:
+        for i, width in _SHORT:
+            value = values[i]
+            if not value.isascii() or "\x00" in value:
+                value = clean_text(value)
+            values[i] = value[:width]
+    if dates_as_text:  # as the trace table's date column holds them
+        for i in _DATES:
+            values[i] = str(values[i])
+    return values
 
 
 def summary_from_record(record: dict) -> CallSummary:

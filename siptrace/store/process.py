@@ -1,139 +1,169 @@
-"""A store writer in its own process, for replay: the database's work off the GIL.
+"""The store in a child process: replay's ProcessWriter and live capture's LiveWriter.
 
-A writer thread beside the decoding thread fights it for the GIL (sqlite3 releases and
-re-takes it once per row; docs/storage.md); a child process does not. Batches travel
-as pickled plain tuples through a pipe whose kernel buffer is the only queue, so a slow
-database makes ``put`` wait: right for replay, where nothing must be lost, wrong for
-live capture, which uses BatchWriter.
+Both run the same child (siptrace/worker.py): a TraceStore under a BatchWriter,
+fed rows through a pipe. They differ in how ``put`` hands rows over and in the
+BatchWriter's settings:
+
+- replay (``ProcessWriter``): ``put`` writes into the pipe and waits while the child
+  is behind (nothing may be dropped); the child's BatchWriter has no spool, takes
+  whatever is queued as one transaction (up to 10,000 rows: a backlog makes fewer
+  commits), makes its put wait while full, and holds a failed batch until the
+  database answers again (into SQLite it writes without a thread of its own: see
+  StoreJob). A database that cannot be reached at the start, or rows still unstored
+  at the end, raise StorageError.
+- live (``LiveWriter``): ``put`` never waits. Up to ``max_queued_rows`` rows wait in
+  this process, beyond that they are dropped and counted; the child's BatchWriter
+  batches by count and time, spools while the database is down, reconnects.
+
+Rows travel as plain tuples (a TraceRow pickles through a Python-level method).
+This module imports no peewee: the replay process never needs it, only the child.
 """
 
-import fcntl
-import multiprocessing
+import logging
 import pickle
-import signal
 
-from siptrace.errors import SiptraceError, StorageError
+from siptrace.errors import StorageError
+from siptrace.worker import WorkerProcess, WorkerStopped
 
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl(2)
-PIPE_BYTES = 8 << 20
-MAX_TRANSACTION_ROWS = 10_000
+MAX_TRANSACTION_ROWS = 10_000  # replay: rows in one transaction at most
+MAX_QUEUED_ROWS = 200_000  # live: rows waiting in this process; beyond, put() drops
+MAX_ROWS_PER_SEND = 5_000  # live: queued rows merged into one frame up to this
+LIVE_CLOSE_TIMEOUT = 60.0  # live: seconds close() waits for the child
+LIVE_DRAIN_TIMEOUT = 45.0  # live: seconds the child's writer drains the spool at close
+
+log = logging.getLogger("siptrace.store")
+
+
+def _rows_frame(rows: list) -> bytes:
+    return pickle.dumps([tuple(r) for r in rows], protocol=5)
 
 
 class ProcessWriter:
-    """``put(rows)`` sends a batch to the writer process; ``close()`` waits for it."""
+    """Replay's sink: ``put(rows)`` waits while the database is behind; ``close()``
+    waits until every row is committed and raises StorageError if any is not."""
 
-    def __init__(self, db_url: str, table: str, call_index: bool = True):
-        self._process, self._batches_out, self._results = spawn_store_process(
-            _serve, db_url, table, call_index)
-        self.stats = {"rows_written": 0, "batches": 0, "pending": 0, "dropped": 0,
-                      "spool_depth": 0, "last_error": ""}
-        self._closed = False
-        self._ready = False  # the table exists: confirmed by the process's first answer
+    live = False
+
+    def __init__(self, db_url: str, table: str, call_index: bool = True, *,
+                 spool_dir: str | None = None, spool_max_bytes: int | None = None,
+                 max_queued_rows: int = MAX_QUEUED_ROWS):
+        settings = {"db_url": db_url, "table": table, "call_index": call_index,
+                    "live": self.live, "spool_dir": spool_dir,
+                    "spool_max_bytes": spool_max_bytes}
+        self._worker = WorkerProcess(
+            StoreJob, (settings,), name="store process", encode=_rows_frame, logger=log,
+            queue_limit=max_queued_rows if self.live else None,
+            max_batch=MAX_ROWS_PER_SEND)
 
     def put(self, rows) -> None:
-        if not rows:
-            return
-        if not self._ready and self._results.poll():
-            self._answer()  # "ready", or the error that stopped the process
         try:
-            self._batches_out.send_bytes(pickle.dumps([tuple(r) for r in rows], 5))
-        except (BrokenPipeError, OSError):
-            self._answer()
-            raise StorageError("the store process stopped") from None
+            self._worker.put(rows)
+        except WorkerStopped as exc:
+            raise StorageError(str(exc)) from None
 
     def close(self, timeout: float | None = None) -> None:
-        """Send what is left, wait until it is committed; raises StorageError."""
-        if self._closed:
-            return
-        self._closed = True
+        """Hand over the end of input; wait for the child (at most ``timeout`` s)."""
+        self._worker.close(timeout)
+        if self._worker.error:
+            raise StorageError(self._worker.error)
+
+    @property
+    def stats(self) -> dict:
+        """rows_written, batches, pending, spooled, spool_depth, dropped, errors,
+        last_error, truncated_*, index_errors, calls_indexed, last_index_error."""
+        worker = self._worker
+        child = worker.child
+        in_pipe = worker.in_pipe
+        lost = in_pipe if worker.ended else 0  # handed over, never stored
+        stats = {
+            "rows_written": child.get("rows_written", 0),
+            "batches": child.get("batches", 0),
+            "pending": worker.queued + in_pipe - lost + child.get("pending", 0),
+            "spooled": child.get("spooled", 0),
+            "spool_depth": child.get("spool_depth", 0),
+            "dropped": (child.get("dropped", 0) + worker.dropped + worker.unsent
+                        + worker.rejected + lost),
+            "errors": child.get("errors", 0),
+            "last_error": child.get("last_error") or worker.error,
+        }
+        stats.update((k, v) for k, v in child.items()
+                     if k.startswith("truncated_") or k in ("index_errors", "calls_indexed",
+                                                            "last_index_error"))
+        return stats
+
+
+class LiveWriter(ProcessWriter):
+    """Live capture's sink: ``put(rows)`` never blocks; ``close()`` stores (or spools)
+    everything and never raises; ``stats`` merges both processes' counters."""
+
+    live = True
+
+    def __init__(self, db_url: str, table: str, *, spool_dir: str | None = None,
+                 spool_max_bytes: int | None = None, max_queued_rows: int = MAX_QUEUED_ROWS,
+                 call_index: bool = True):
+        from siptrace.store.schema import check_table_name
+        from siptrace.store.urls import parse_db_url
+
+        parse_db_url(db_url)  # a bad URL or table name fails here, as one line
+        check_table_name(table)
+        super().__init__(db_url, table, call_index, spool_dir=spool_dir,
+                         spool_max_bytes=spool_max_bytes, max_queued_rows=max_queued_rows)
+
+    def close(self, timeout: float = LIVE_CLOSE_TIMEOUT) -> None:
+        self._worker.close(timeout)  # what could not be stored is in stats, not raised
+
+
+class StoreJob:
+    """The child's side: a TraceStore under a BatchWriter (built by worker.py)."""
+
+    def __init__(self, settings: dict, *, log):
+        from siptrace.store.batch import BatchWriter
+
+        from siptrace.store.tracestore import TraceStore
+
+        self.live = settings["live"]
+        store = TraceStore(settings["db_url"], settings["table"],
+                           call_index=settings["call_index"])
         try:
-            self._batches_out.send_bytes(b"")
-        except (BrokenPipeError, OSError):
-            pass
-        self._batches_out.close()
-        try:
-            if not self._ready:
-                self._answer()
-            self._answer()
-        finally:
-            self._process.join(timeout)
+            store.connect()  # the table exists from the start, as an operator expects
+        except StorageError:
+            if not self.live:
+                raise  # replay: a database that does not answer is the user's error
+            # live: the writer spools and retries
+        if self.live:
+            kwargs = {} if settings["spool_max_bytes"] is None else {
+                "spool_max_bytes": settings["spool_max_bytes"]}
+            spool_dir = settings["spool_dir"] or None
+            then = "spooling rows and retrying" if spool_dir else "retrying"
+            self.writer = BatchWriter(store, spool=spool_dir, **kwargs,
+                                      on_error=lambda text: log(f"{text} ({then})"))
+        else:
+            # SQLite works inside this process: a writer thread would only fight this
+            # thread (unpickling) for the GIL, once per row (measured: -10 % rows/s).
+            # A server works in its own: a thread lets unpickling overlap with it
+            # (PostgreSQL +38 %). Inline, frames already waiting make one transaction.
+            threaded = store.dialect != "sqlite"
+            if not threaded:
+                self.merge_items = MAX_TRANSACTION_ROWS
+            self.writer = BatchWriter(
+                store, max_rows=MAX_TRANSACTION_ROWS, max_delay=0.0,
+                queue_rows=MAX_TRANSACTION_ROWS, block=True, thread=threaded,
+                on_error=lambda text: log(f"{text} (replay waits and retries)"))
 
-    def _answer(self) -> None:
-        try:
-            kind, payload = self._results.recv()
-        except EOFError:
-            raise StorageError("the store process ended without a word") from None
-        if kind == "error":
-            self.stats["last_error"] = payload
-            raise StorageError(payload)
-        self._ready = True
-        self.stats.update(payload)
+    def handle(self, rows: list) -> None:
+        self.writer.put(rows)
 
-
-def spawn_store_process(target, *args):
-    """Starts ``target(*args, batches, results)`` in a spawned child process.
-
-    Returns (process, batches: the parent's sending end, results: the parent's
-    receiving end). The batch pipe is widened so that parent and child overlap.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    batches_in, batches_out = ctx.Pipe(duplex=False)
-    results_in, results_out = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=target, name="siptrace-store", daemon=True,
-                          args=(*args, batches_in, results_out))
-    process.start()
-    batches_in.close()
-    results_out.close()
-    _widen_pipe(batches_out.fileno())
-    return process, batches_out, results_in
-
-
-def _widen_pipe(fd: int) -> None:
-    """Room for several batches in the pipe, so the two processes overlap instead of
-    taking turns (a batch of 1,000 rows is ~700 KB, ten times a default pipe)."""
-    for size in (PIPE_BYTES, 1 << 20):
-        try:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, size)
-            return
-        except OSError:  # above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
-            continue
-
-
-def _serve(db_url, table, call_index, batches, results) -> None:
-    """The writer process: one transaction per batch received, until the empty one."""
-    from siptrace.store.tracestore import TraceStore
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    store = None
-    written = batches_done = 0
-    try:
-        store = TraceStore(db_url, table, call_index=call_index)
-        store.connect()
-        results.send(("ready", {}))
-        done = False
-        while not done:
-            data = batches.recv_bytes()
-            if not data:
-                break
-            rows = pickle.loads(data)
-            # Batches already waiting join this transaction: fewer commits (each one
-            # a log flush on the server) when the database is the slower side.
-            while len(rows) < MAX_TRANSACTION_ROWS and batches.poll():
-                data = batches.recv_bytes()
-                if not data:
-                    done = True
-                    break
-                rows += pickle.loads(data)
-            store.insert(rows)
-            written += len(rows)
-            batches_done += 1
-        stats = {k: v for k, v in store.stats.items()
-                 if k.startswith("truncated_") or k in ("index_errors", "calls_indexed")}
+    def stats(self) -> dict:
+        store = self.writer.store
+        index = {k: v for k, v in dict(store.stats).items()
+                 if k in ("index_errors", "calls_indexed")}
         if store.last_index_error:
-            stats["last_index_error"] = store.last_index_error
-        results.send(("done", {"rows_written": written, "batches": batches_done, **stats}))
-    except SiptraceError as exc:  # a dead database, or a bad db_url or table name
-        results.send(("error", str(exc)))
-    finally:
-        if store is not None:
-            store.close()
+            index["last_index_error"] = store.last_index_error
+        return {**self.writer.stats, **index}
+
+    def close(self) -> None:
+        self.writer.close(timeout=LIVE_DRAIN_TIMEOUT if self.live else None)
+        stats = self.writer.stats
+        if not self.live and (stats["dropped"] or stats["pending"]):
+            raise StorageError(f"{stats['dropped'] + stats['pending']} rows not stored: "
+                               f"{stats['last_error']}")

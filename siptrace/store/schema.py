@@ -1,4 +1,10 @@
-"""The sip_trace table as a peewee model, per dialect (schema.sql is the DBA's copy).
+"""The sip_trace table, defined once: a peewee model per dialect.
+
+Everything else is derived from or checked against ``trace_model``: TraceStore creates
+the table through it, its columns' widths are what TraceStore cuts values to, and the
+DBA's copy, schema.sql, holds exactly the statements ``table_ddl`` renders from it
+(tests/test_store_schema.py compares them as text, and the tables both make on each
+real server).
 
 Deviations from the documentation's MySQL definition, the same as in schema.sql:
 ``date`` is DATETIME(6) (microseconds) with no zero-date default (strict SQL modes
@@ -20,7 +26,6 @@ VARCHAR_WIDTHS = {
 INDEXES = {"user_idx": "traced_user", "date_id": "date", "ip_idx": "fromip", "call_id": "callid"}
 DATE_TYPES = {"mysql": "DATETIME(6)", "postgresql": "TIMESTAMP", "sqlite": "DATETIME"}
 MSG_TYPES = {"mysql": "MEDIUMTEXT", "postgresql": "TEXT", "sqlite": "TEXT"}
-MAX_TABLE_NAME = 54  # 63 (PostgreSQL identifier limit) less room for "_YYYYMMDD" suffixes
 
 
 def dialect_of(db: peewee.Database) -> str:
@@ -37,10 +42,10 @@ def index_name(dialect: str, table: str, name: str) -> str:
 
 
 def check_table_name(table: str) -> str:
-    from siptrace.errors import ConfigError
-    if not table or len(table) > MAX_TABLE_NAME or "\x00" in table or "`" in table or '"' in table:
-        raise ConfigError(f"table {table!r}: 1 to {MAX_TABLE_NAME} characters, no quotes or NUL")
-    return table
+    # The settings' rule and its length bound (config.py, which imports no peewee):
+    # every command and the store accept the same names; ConfigError for the others.
+    from siptrace.config import check_table_name as table_rule
+    return table_rule(table)
 
 
 class _TypedField(peewee.Field):
@@ -80,6 +85,22 @@ def create_table(model: type[peewee.Model]) -> None:
     """Create the table and its indexes when missing (IF NOT EXISTS)."""
     db = model._meta.database
     db.create_tables([model], safe=True)
+
+
+_DATABASES = {"mysql": peewee.MySQLDatabase, "postgresql": peewee.PostgresqlDatabase,
+              "sqlite": peewee.SqliteDatabase}
+
+
+def table_ddl(dialect: str, table: str = "sip_trace") -> list[str]:
+    """The statements ``create_table`` runs on an empty database of ``dialect``
+    (schema.sql's section for it): CREATE TABLE, then each index."""
+    schema = trace_model(_DATABASES[dialect](None), table)._schema
+    statements = []
+    for query in [schema._create_table(safe=True), *schema._create_indexes(safe=True)]:
+        sql, params = query.query()
+        assert not params, sql  # DDL carries no values
+        statements.append(sql)
+    return statements
 
 
 # -- the call index: siptrace's companion table, one row per Call-ID --------------------

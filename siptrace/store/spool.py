@@ -15,13 +15,13 @@ import os
 import struct
 import threading
 import zlib
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 from siptrace.errors import StorageError
 from siptrace.rows import EPOCH, TraceRow
-from siptrace.store.tracestore import Marker
+from siptrace.store.marker import Marker
 
 RECORD_HEADER = struct.Struct("<II")
 BATCH_HEADER = struct.Struct("<BI")

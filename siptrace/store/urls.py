@@ -21,6 +21,15 @@ from siptrace.redact import redact_url, scrub
 SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
 DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
+# The SQL mode of every MySQL/MariaDB session siptrace opens, set by the driver on each
+# connect: siptrace's statements are written for it, not for whatever the server's
+# global mode is (MariaDB's EMPTY_STRING_IS_NULL, for one, makes '' a NULL). MySQL 8's
+# default less ONLY_FULL_GROUP_BY (MariaDB's default lacks it too), names valid on both,
+# plus NO_BACKSLASH_ESCAPES: PyMySQL then quotes parameters (the call index's upserts)
+# with one replace instead of a translate, 4x faster. siptrace's own literals
+# (tracestore.py) mean the same with or without it.
+MYSQL_SQL_MODE = ("STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+                  "NO_ENGINE_SUBSTITUTION,NO_BACKSLASH_ESCAPES")
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,10 @@ def open_database(db_url: DbUrl) -> peewee.Database:
                                          prefer_psycopg3=True, **creds, **opts)
     if db_url.password is not None:
         creds["password"] = db_url.password
+    if "sql_mode" in opts:
+        raise ConfigError(f"db_url {db_url.redacted}: sql_mode is siptrace's to set "
+                          f"({MYSQL_SQL_MODE}); remove it from the URL")
+    opts["sql_mode"] = MYSQL_SQL_MODE
     opts.setdefault("connect_timeout", CONNECT_TIMEOUT)
     opts.setdefault("read_timeout", 60)
     opts.setdefault("write_timeout", 60)

@@ -7,7 +7,7 @@ says the same in Python, for the tests and for calls summarised on the fly.
 import fnmatch
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from siptrace.direction import normalize_ip
 from siptrace.errors import ConfigError
@@ -78,7 +78,7 @@ def parse_filter(*, since: str | None = None, until: str | None = None,
     method: a method any message of the call has; status: the final status, exact
     (``487``) or a class (``4xx``).
     """
-    now = now or datetime.utcnow().replace(microsecond=0)
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     values: dict = {}
     if since:
         values["since"] = parse_when(since, now)

@@ -19,7 +19,7 @@ import hmac
 import logging
 import re
 import tempfile
-from datetime import datetime
+from datetime import datetime, timezone
 from http import HTTPStatus
 from ipaddress import ip_address
 from pathlib import Path
@@ -259,7 +259,7 @@ async def search_pcap(request: Request) -> StreamingResponse:
             raise ConfigError(f"these {len(calls)} calls hold {total} messages, more than "
                               f"{MAX_PCAP_MESSAGES} for one download: narrow the search")
         return reader.messages([call.callid for call in calls])
-    name = f"siptrace-search-{datetime.utcnow():%Y%m%d-%H%M%S}.pcap"
+    name = f"siptrace-search-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.pcap"
     return await _pcap(request, work, name)
 
 

@@ -1,6 +1,6 @@
 """Helpers for the mirror tests: wire messages from real captures, UDP listeners, sngrep.
 
-Collected by pytest but holds no tests; the test_mirror_* modules import it.
+Not a test module (pytest does not collect it); the test_mirror_* modules import it.
 """
 
 import os
