@@ -105,22 +105,48 @@ def _replay(capture: Path, db_url: str, *extra: str) -> tuple[float, str]:
 
 
 def backends_section(capture: Path, work: Path) -> dict:
-    """rows/s per backend from one replay of the benchmark capture each."""
+    """rows/s per backend from one replay of the benchmark capture each, with and
+    without the call index; on a server, as a fraction of its own bulk loader's rate
+    on the same rows into the same indexed table (bench/bulkload.py)."""
+    from bench.bulkload import bulk_load
     from bench.storage import SERVERS, scratch_url
 
     results = {}
-    print("\nrows/s per backend (one replay each, whole process wall time):")
+    print("\nrows/s per backend (one replay each, whole process wall time; "
+          "bulk: the server's own loader, same rows, same indexes):")
     for dialect in ("sqlite", *SERVERS):
-        try:
-            with scratch_url(dialect, work) as url:
-                wall, out = _replay(capture, url)
-            rows = int(_summary_value(out, "rows stored").replace(",", ""))
-            results[dialect] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall}
-            print(f"  {dialect:<11} {rows:>9,} rows {wall:>7.2f} s {rows / wall:>10,.0f} rows/s")
-        except Exception as exc:  # a backend that fails is reported, the rest still run
-            results[dialect] = {"error": str(exc)}
-            print(f"  {dialect:<11} failed: {exc}")
+        result = results[dialect] = {}
+        for label, extra in (("index", ()), ("no_index", ("--no-call-index",))):
+            try:
+                with scratch_url(dialect, work) as url:
+                    wall, out = _replay(capture, url, *extra)
+                    if dialect != "sqlite" and label == "index":
+                        result["bulk"] = bulk_load(url)
+                rows = int(_summary_value(out, "rows stored").replace(",", ""))
+                result[label] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall}
+                if result.get("bulk", {}).get("rows", rows) != rows:
+                    raise RuntimeError(f"bulk load has {result.pop('bulk')['rows']} rows, "
+                                       f"replay stored {rows}")
+            except Exception as exc:  # a backend that fails is reported, the rest still run
+                result[label] = {"error": str(exc)}
+        print("  " + format_backend(dialect, result))
     return results
+
+
+def format_backend(dialect: str, result: dict) -> str:
+    """One line: rows/s with and without the index, and the ratio to the bulk load."""
+    parts = []
+    for label, name in (("index", "with index"), ("no_index", "without")):
+        figures = result.get(label, {})
+        parts.append(f"{name} failed: {figures['error']}" if "error" in figures else
+                     f"{name} {figures['rows_per_s']:>7,.0f} rows/s")
+    bulk = result.get("bulk")
+    if bulk:
+        ratios = [f"{result[label]['rows_per_s'] / bulk['rows_per_s']:.2f}"
+                  for label in ("index", "no_index") if "rows_per_s" in result.get(label, {})]
+        parts.append(f"bulk load {bulk['rows_per_s']:>7,.0f} rows/s, "
+                     f"ratio {' / '.join(ratios)} (goal 0.7)")
+    return f"{dialect:<11} " + "; ".join(parts)
 
 
 LISTENER = r"""

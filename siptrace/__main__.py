@@ -1,5 +1,16 @@
-"""python -m siptrace: the same as the siptrace command."""
+"""The siptrace command and ``python -m siptrace``."""
 
-from siptrace.cli import main
+import sys
 
-main()
+
+def main() -> None:
+    """The command line; a Ctrl-C while it loads exits 130 quietly, as one later does."""
+    try:
+        from siptrace.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.exit(130)
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,8 +19,10 @@ app = typer.Typer(
 )
 
 DB_URL_HELP = ("Database URL (module parameter db_url): sqlite:///PATH, mysql://USER@HOST/DB, "
-               "postgres://USER@HOST/DB. Put a password in the config file or SIPTRACE_DB_URL, "
-               f"not here (ps shows arguments). Default {Settings.db_url}.")
+               "postgres://USER@HOST/DB. A password belongs in the config file (db_url = "
+               "mysql://USER:PASSWORD@HOST/DB) or SIPTRACE_DB_URL, never here (ps shows "
+               "arguments); percent-encode / ? # @ % and spaces in it (%2F %3F %23 %40 %25 %20). "
+               f"Default {Settings.db_url}.")
 TABLE_HELP = f"Table name (module parameter table; default {Settings.table})."
 PROXY_HELP = "The proxy's address IP[:PORT]; sets direction in/out. Repeatable."
 CONFIG_HELP = ("INI file, section \\[siptrace]; keys as the options "
@@ -31,11 +33,33 @@ DbUrlOpt = typer.Option(None, "--db-url", help=DB_URL_HELP)
 TableOpt = typer.Option(None, "--table", help=TABLE_HELP)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from siptrace import __version__
+
+        typer.echo(f"siptrace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Options before the command (the app's help is the Typer's)."""
+
+
 def _settings(config: Optional[Path], **given):
     """Settings as every command reads them: file, then SIPTRACE_*, then the flags given."""
     from siptrace.config import load_settings
 
     return load_settings(config, cli_overrides=given)
+
+
+StreamBufferOpt = typer.Option(
+    None, "--stream-buffer-bytes", help="Bytes TCP streams may hold over all of them; past "
+    f"it the oldest incomplete message is cut (default {Settings.stream_buffer_bytes >> 20}M).")
+DecisionBufferOpt = typer.Option(
+    None, "--decision-buffer-bytes", help="Bytes decisions waiting and transactions may hold "
+    f"(default {Settings.decision_buffer_bytes >> 20}M).")
 
 
 @app.command()
@@ -65,10 +89,26 @@ def replay(
     call_index: Optional[bool] = typer.Option(
         None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
         "`siptrace calls` and the web view search (setting call_index, default on)."),
+    stream_buffer_bytes: Optional[str] = StreamBufferOpt,
+    decision_buffer_bytes: Optional[str] = DecisionBufferOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Progress bar (only shown on a terminal)."),
 ):
     """Store every SIP message of capture files in the sip_trace table.
+
+    The summary says what became of every packet read. Exit status:
+
+      0    every file was read whole, and stored
+
+      2    some input could not be read, each a warning: a file damaged, cut short
+    or not a capture, packets of a link type siptrace does not decode; the rest
+    was stored
+
+      1    no file is a capture siptrace can read, or an error (database,
+    parameters): one line
+
+      130  interrupted (Ctrl-C): what was decoded until then is stored and summed
+    up; Ctrl-C again stops at once
 
     Example:
 
@@ -79,9 +119,12 @@ def replay(
     settings = _settings(config, db_url=db_url, table=table, proxy=proxy or None,
                          duplicate_uri=duplicate_uri or None, hep_capture_id=hep_capture_id,
                          trace_flag=trace_flag, traced_user_avp=traced_user_avp,
-                         call_index=call_index)
-    replay_command(files, settings, decisions=decisions,
-                   progress=progress and sys.stderr.isatty())
+                         call_index=call_index, stream_buffer_bytes=stream_buffer_bytes,
+                         decision_buffer_bytes=decision_buffer_bytes)
+    status = replay_command(files, settings, decisions=decisions,
+                            progress=progress and sys.stderr.isatty())
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
@@ -327,11 +370,14 @@ def run(
         f"{Settings.grace:g} s; e.g. 0.5, 500ms)."),
     trace_all: Optional[bool] = typer.Option(
         None, "--trace-all/--no-trace-all", help="Store every SIP message to or from the "
-        "proxy, no decisions needed."),
+        "proxy, no decisions needed; from the start, unless --trace-on 0 is given."),
     hep_capture_id: Optional[int] = typer.Option(
         None, "--hep-capture-id", help="HEP capture agent id (default "
         f"{Settings.hep_capture_id}). The auth key comes from the file or "
         "SIPTRACE_HEP_AUTH_KEY."),
+    hep_listen: Optional[List[str]] = typer.Option(
+        None, "--hep-listen", help="Also take HEP from agents (Kamailio, OpenSIPS, "
+        "FreeSWITCH, heplify): udp:IP:PORT (HEPv1-v3) or tcp:IP:PORT (HEPv3). Repeatable."),
     spool_dir: Optional[str] = typer.Option(
         None, "--spool-dir", help="Keep rows here while the database is down."),
     spool_max_bytes: Optional[str] = typer.Option(
@@ -340,6 +386,8 @@ def run(
     call_index: Optional[bool] = typer.Option(
         None, "--call-index/--no-call-index", help="Keep the call index (<table>_calls) that "
         "`siptrace calls` and the web view search (setting call_index, default on)."),
+    stream_buffer_bytes: Optional[str] = StreamBufferOpt,
+    decision_buffer_bytes: Optional[str] = DecisionBufferOpt,
 ):
     """Capture the proxy's SIP traffic live; store what its decisions say to trace.
 
@@ -358,8 +406,10 @@ def run(
         "traced_user_avp": traced_user_avp, "duplicate_uri": duplicate_uri or None,
         "decision_socket": decision_socket, "control_socket": control_socket,
         "record_decisions": record_decisions, "grace": grace, "trace_all": trace_all,
-        "hep_capture_id": hep_capture_id, "spool_dir": spool_dir,
-        "spool_max_bytes": spool_max_bytes, "call_index": call_index})
+        "hep_capture_id": hep_capture_id, "hep_listen": hep_listen or None,
+        "spool_dir": spool_dir,
+        "spool_max_bytes": spool_max_bytes, "call_index": call_index,
+        "stream_buffer_bytes": stream_buffer_bytes, "decision_buffer_bytes": decision_buffer_bytes})
 
 
 @app.command()
@@ -383,6 +433,42 @@ def purge(
     settings = _settings(config, db_url=db_url, table=table)
     result = purge_url(settings.db_url, settings.table, older_than, batch)
     typer.echo(f"deleted {result.rows_deleted} rows older than {result.cutoff:%Y-%m-%d %H:%M:%S}")
+
+
+@app.command()
+def deadletter(
+    action: str = typer.Argument(..., help="list: show the rows set aside; replay: store "
+                                 "them again (those still refused stay)."),
+    config: Optional[Path] = ConfigOpt,
+    spool_dir: Optional[str] = typer.Option(
+        None, "--spool-dir", help="The spool directory of `siptrace run` (setting spool_dir)."),
+    db_url: Optional[str] = DbUrlOpt,
+    table: Optional[str] = TableOpt,
+):
+    """Rows the database refused for good (a CHECK constraint, a trigger), set aside
+    by `siptrace run` in its spool directory's dead-letter file.
+
+    Examples:
+
+      siptrace deadletter list --spool-dir /var/spool/siptrace
+
+      siptrace deadletter replay --config /etc/siptrace.ini
+    """
+    from siptrace.errors import ConfigError
+    from siptrace.store.deadletter import describe, read_deadletter, replay_with_settings
+
+    if action not in ("list", "replay"):
+        raise typer.BadParameter("the action is list or replay")
+    settings = _settings(config, spool_dir=spool_dir, db_url=db_url, table=table)
+    if not settings.spool_dir:
+        raise ConfigError("spool_dir: not set (--spool-dir, SIPTRACE_SPOOL_DIR or the "
+                          "config file)")
+    if action == "list":
+        for entry in read_deadletter(settings.spool_dir):
+            typer.echo(describe(entry))
+        return
+    tried, stored = replay_with_settings(settings)
+    typer.echo(f"rows stored: {stored} of {tried}; still refused: {tried - stored}")
 
 
 CONTROL_SOCKET = typer.Option(Settings.control_socket, "--control-socket",

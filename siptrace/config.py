@@ -13,10 +13,11 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
-from siptrace.correlate.correlator import GRACE_NS, TRACED_USER_AVP
+from siptrace.correlate.correlator import GRACE_NS, MAX_DECISION_BUFFER, TRACED_USER_AVP
 from siptrace.direction import PROXY_FORMS, ProxyAddresses, format_endpoint, parse_endpoint
 from siptrace.errors import ConfigError
 from siptrace.redact import MASK, SECRET_KEYS, redact_url
+from siptrace.sip.streams import MAX_BUFFERED
 from siptrace.timespec import NS, duration_ns
 
 SECTION = "siptrace"
@@ -40,8 +41,9 @@ class Settings:
     """Every setting of siptrace, typed and checked. ``str()`` and ``repr()`` are redacted.
 
     The defaults here are the only ones: other code reads them from this class
-    (``Settings.db_url``). The correlator's two (grace, traced_user_avp) are defined
-    beside it, as the decoding core does not import the settings.
+    (``Settings.db_url``). The decoding core's (grace, traced_user_avp,
+    decision_buffer_bytes: the correlator; stream_buffer_bytes: sip/streams.py) are
+    defined beside their code, as the decoding core does not import the settings.
     """
 
     db_url: str = "sqlite:///siptrace.db"
@@ -58,8 +60,11 @@ class Settings:
     grace: float = GRACE_NS / NS  # seconds
     hep_capture_id: int = 1
     hep_auth_key: str = ""
+    hep_listen: tuple[str, ...] = ()
     spool_dir: str = ""
     spool_max_bytes: int = 1 << 30
+    stream_buffer_bytes: int = MAX_BUFFERED
+    decision_buffer_bytes: int = MAX_DECISION_BUFFER
     trace_all: bool = False
     call_index: bool = True
     web_listen: str = "127.0.0.1:8080"
@@ -125,9 +130,15 @@ def _bool(text: str) -> bool:
 
 
 def _db_url(text: str) -> str:
+    # The store's rule (store/urls.py), loaded only by settings that name a database.
+    from siptrace.store.urls import db_url_problem
+
     text = text.strip()
     if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
         raise _Bad("is not a database URL (sqlite:///PATH, mysql://..., postgres://...)")
+    problem = db_url_problem(text)
+    if problem:
+        raise _Bad(problem)
     return text
 
 
@@ -188,6 +199,16 @@ def _proxy(text: str) -> tuple[str, ...]:
     return items
 
 
+def _hep_listen(text: str) -> tuple[str, ...]:
+    items = _split(text)
+    for item in items:
+        scheme, colon, rest = item.partition(":")
+        endpoint = parse_endpoint(rest) if colon and scheme in ("udp", "tcp") else None
+        if endpoint is None or endpoint[1] is None:
+            raise _bad_item(items, item, "is not udp:IP:PORT or tcp:IP:PORT")
+    return items
+
+
 def _required(text: str) -> str:
     if not text.strip():
         raise _Bad("is empty")
@@ -236,8 +257,11 @@ PARSERS = {
     "grace": _grace,
     "hep_capture_id": lambda t: _int(t, 0, 2**32 - 1),
     "hep_auth_key": str,
+    "hep_listen": _hep_listen,
     "spool_dir": str.strip,
     "spool_max_bytes": _size,
+    "stream_buffer_bytes": _size,
+    "decision_buffer_bytes": _size,
     "trace_all": _bool,
     "call_index": _bool,
     "web_listen": _listen,
@@ -268,9 +292,7 @@ def _shown(key: str, text: str) -> str:
     if key in SECRET_KEYS:
         return repr(MASK)
     if key == "db_url":
-        text = redact_url(text)
-        if "@" in text and MASK not in text:  # malformed, yet it may hold a password
-            text = MASK + "@" + text.rpartition("@")[2]
+        return repr(redact_url(text))
     return repr(text)
 
 
@@ -316,7 +338,8 @@ def load_settings(config_path=None, env: Mapping[str, str] | None = None,
     """Settings from the file, then ``SIPTRACE_*`` variables, then the command line.
 
     ``cli_overrides`` maps keys to values given on the command line (None: not
-    given). Empty environment variables count as unset. Raises ConfigError.
+    given). Empty environment variables count as unset. ``trace_all`` turns
+    ``trace_on`` on unless some source sets it. Raises ConfigError.
     """
     env = os.environ if env is None else env
     if config_path is None and env.get(CONFIG_ENV):
@@ -334,4 +357,6 @@ def load_settings(config_path=None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{key}: unknown setting")
         if value is not None:
             values[key] = _parse(key, _as_text(value), flag_name(key))
+    if values.get("trace_all") and "trace_on" not in values:
+        values["trace_on"] = True  # trace everything from the start, unless told otherwise
     return Settings(**values)

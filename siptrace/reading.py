@@ -4,6 +4,7 @@ Each opens the table with TraceReader, which creates nothing: a missing SQLite f
 or table is one line of error. ``index`` is the one that writes (the call index).
 """
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from siptrace.errors import ConfigError
 from siptrace.store.reader import TraceReader
+from siptrace.store.text import clean_text, text_to_msg
 from siptrace.view import tables
 from siptrace.view.search import CallFilter
 
@@ -27,9 +29,19 @@ def _width(stream=sys.stdout) -> int | None:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-def _emit(text: str) -> None:
+def _emit(text: str, *, json: bool = False) -> None:
+    """Print ``text``: stored values as their bytes (store/text.py's escape reversed, so
+    that a Call-ID that is not UTF-8 prints as it was on the wire); JSON stays UTF-8,
+    its values keep the escape."""
     if text:
-        typer.echo(text)
+        typer.echo(text if json else text_to_msg(text))
+
+
+def _typed(filt: CallFilter) -> CallFilter:
+    """A filter as typed (argv holds undecodable bytes as surrogates) in stored form."""
+    return dataclasses.replace(filt, callid=clean_text(filt.callid),
+                               from_user=clean_text(filt.from_user),
+                               to_user=clean_text(filt.to_user), user=clean_text(filt.user))
 
 
 def check_readable(settings) -> None:
@@ -40,9 +52,9 @@ def check_readable(settings) -> None:
 
 def show_command(settings, *, callid: str | None, limit: int, full: bool, json_out: bool):
     with TraceReader(settings.db_url, settings.table) as reader:
-        rows = reader.rows(callid=callid, limit=limit)
+        rows = reader.rows(callid=clean_text(callid) if callid else None, limit=limit)
     if json_out:
-        _emit(tables.as_json([tables.row_dict(m, with_msg=full) for m in rows]))
+        _emit(tables.as_json([tables.row_dict(m, with_msg=full) for m in rows]), json=True)
         return
     if not rows:
         typer.echo("no rows" + (f" for Call-ID {callid}" if callid else ""), err=True)
@@ -57,13 +69,13 @@ def show_command(settings, *, callid: str | None, limit: int, full: bool, json_o
 
 def calls_command(settings, filt: CallFilter, *, output: str):
     with TraceReader(settings.db_url, settings.table) as reader:
-        calls = reader.search(filt)
+        calls = reader.search(_typed(filt))
         lag = reader.index_lag()
     if lag:
         typer.echo(f"note: {lag} rows of {settings.table} are not in the call index yet: "
                    "run `siptrace index`", err=True)
     if output == "json":
-        _emit(tables.as_json([c.as_dict() for c in calls]))
+        _emit(tables.as_json([c.as_dict() for c in calls]), json=True)
     elif output == "csv":
         _emit(tables.as_csv([c.as_dict() for c in calls]).rstrip("\n"))
     elif not calls:
@@ -75,11 +87,11 @@ def calls_command(settings, filt: CallFilter, *, output: str):
 
 
 def resolve_callids(reader: TraceReader, patterns: list[str], related: bool) -> list[str]:
-    """Call-IDs as given; a glob (* or ?) resolves through the call index."""
+    """Call-IDs as given (in stored form); a glob (* or ?) resolves through the call index."""
     from siptrace.view.search import parse_filter
 
     callids: list[str] = []
-    for pattern in patterns:
+    for pattern in map(clean_text, patterns):
         if "*" in pattern or "?" in pattern:
             found = [c.callid for c in reader.search(
                 parse_filter(callid=pattern, limit=MAX_CALLS_PER_FLOW + 1))]
@@ -133,7 +145,7 @@ def export_command(settings, patterns: list[str], filt: CallFilter | None, *, ou
     with TraceReader(settings.db_url, settings.table) as reader:
         callids = resolve_callids(reader, patterns, False) if patterns else []
         if filt is not None:
-            callids += [c.callid for c in reader.search(filt)]
+            callids += [c.callid for c in reader.search(_typed(filt))]
         if related:
             callids = list(dict.fromkeys(leg for c in callids for leg in reader.related(c)))
         if not callids:
@@ -164,7 +176,7 @@ def _as_row(m) -> tuple:
 
 def index_command(settings, *, rebuild: bool):
     """Build or bring up to date the call index of a table (any writer's)."""
-    from siptrace.store.callindex import CallIndexer
+    from siptrace.store.callindex import CallIndexer, columns_of
     from siptrace.store.schema import index_state_model
     from siptrace.store.urls import storage_error
 
@@ -191,7 +203,7 @@ def index_command(settings, *, rebuild: bool):
                 break
             last_id = chunk[-1].id
             try:
-                calls += indexer.update([_as_row(m) for m in chunk], last_id)
+                calls += indexer.update(columns_of([_as_row(m) for m in chunk]), last_id)
             except Exception as exc:
                 raise storage_error(reader.url, "update the call index", exc) from None
             rows += len(chunk)

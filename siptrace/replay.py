@@ -7,28 +7,37 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from siptrace.capture.files import CaptureFile
-from siptrace.errors import TruncatedCapture
+from siptrace.decode.link import LINK_LAYERS
+from siptrace.errors import CaptureFormatError, TruncatedCapture
 from siptrace.extract import SipExtractor, WireMessage
+from siptrace.sip.streams import MAX_BUFFERED, TcpMessageAssembler
 from siptrace.rows import trace_row, trace_rows
 
 ROWS_PER_PUT = 1000
-PROGRESS_EVERY = 4096  # records between progress callbacks
+CHECK_EVERY = 4096  # records between progress callbacks and looks at ``stop`` (a power of 2)
 
 
 @dataclass
 class ReplaySummary:
-    """What one replay read, found and stored; printed at the end of the run."""
+    """What one replay read, found and stored; printed at the end of the run.
 
-    files: int = 0
+    ``fates`` says what became of every packet (SipExtractor.fates: they add up to
+    ``packets``), ``tcp_losses`` what the TCP side dropped, by reason. ``warnings``
+    name what could not be read: a file damaged, cut short or not a capture, packets
+    of a link type siptrace does not decode.
+    """
+
+    files: int = 0  # files read, whole or in part
     packets: int = 0
     sip_messages: int = 0
     traced_messages: int = 0
     rows: int = 0
-    non_sip: int = 0
-    malformed: int = 0
-    fragments_incomplete: int = 0
-    streams_incomplete: int = 0
+    malformed: int = 0  # SIP messages rejected, or stored with defects
+    fragments_incomplete: int = 0  # IP datagrams never whole
     elapsed: float = 0.0
+    fates: dict = field(default_factory=dict)
+    tcp_losses: dict = field(default_factory=dict)
+    not_sip: dict = field(default_factory=dict)  # SipExtractor.not_sip
     warnings: list[str] = field(default_factory=list)
     malformed_samples: list[str] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
@@ -56,14 +65,20 @@ class Tracer:
 
 
 def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
-                 on_progress: Callable[[int], None] | None = None) -> ReplaySummary:
+                 on_progress: Callable[[int], None] | None = None,
+                 stop: Callable[[], bool] | None = None,
+                 stream_buffer_bytes: int = MAX_BUFFERED) -> ReplaySummary:
     """Replays each capture file in turn through one extractor (state spans files).
 
     ``row_sink.put(rows)`` receives rows in batches; ``mirror.send(wire)`` each
     traced message once. ``on_progress(bytes)`` is called with bytes consumed.
+    A file that cannot be read, or only in part, is a warning and the next one is
+    read. ``stop()``, asked every CHECK_EVERY records and between files, ends the
+    replay early (Ctrl-C); what was decoded until then is stored all the same.
     """
     summary = ReplaySummary()
-    extractor = SipExtractor()
+    extractor = SipExtractor(streams=TcpMessageAssembler(max_buffered=stream_buffer_bytes))
+    packet_stats = extractor.decoder.stats
     started = time.perf_counter()
     rows: list = []
     traced_count = 0
@@ -90,9 +105,17 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
     # decoding process is the slower of replay's two; tests/test_replay.py requires
     # both to store the same rows.
     direction_of = tracer.proxy.direction if type(tracer) is Tracer else None
+    check_mask = CHECK_EVERY - 1
     for path in paths:
+        if stop is not None and stop():
+            break
+        try:
+            capture = CaptureFile(path)
+        except CaptureFormatError as exc:
+            summary.warnings.append(str(exc))
+            continue
         summary.files += 1
-        capture = CaptureFile(path)
+        unknown_before = packet_stats["unknown_linktype"]
         reported = 0
         feed = extractor.feed
         on_packet = tracer.on_packet
@@ -108,14 +131,22 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
                         mirror.send(wire)
                     if len(rows) >= ROWS_PER_PUT:
                         flush()
-                if on_progress is not None and count % PROGRESS_EVERY == 0:
-                    on_progress(capture.position - reported)
-                    reported = capture.position
                 last_ts = ts_ns
-        except TruncatedCapture as exc:
+                if not count & check_mask:
+                    if on_progress is not None:
+                        on_progress(capture.position - reported)
+                        reported = capture.position
+                    if stop is not None and stop():
+                        break
+        except (TruncatedCapture, CaptureFormatError) as exc:  # cut, damaged, unreadable
             summary.warnings.append(str(exc))
         if on_progress is not None:
             on_progress(capture.position - reported)
+        unknown = packet_stats["unknown_linktype"] - unknown_before
+        if unknown:
+            kinds = ", ".join(map(str, sorted(set(capture.linktypes) - LINK_LAYERS.keys())))
+            summary.warnings.append(f"{capture.name}: {unknown} packets of link type {kinds}, "
+                                    "which siptrace does not decode, skipped")
     for wire in extractor.finish():
         store(tracer.on_packet(wire, last_ts))
     store(tracer.finish(last_ts))
@@ -130,15 +161,14 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
 
 
 def _collect_counters(summary: ReplaySummary, extractor: SipExtractor) -> None:
-    stats, packets, streams = extractor.stats, extractor.packet_stats, extractor.stream_stats
+    stats, packets = extractor.stats, extractor.packet_stats
     summary.packets = packets["packets"]
     summary.sip_messages = stats["sip_messages"]
-    summary.non_sip = stats["non_sip"] + streams.get("non_sip_streams", 0)
-    summary.malformed = (stats["malformed_sip"] + packets["malformed"]
-                         + packets["truncated"] + stats["sip_defects"])
-    summary.fragments_incomplete = (packets.get("fragments_timed_out", 0)
-                                    + packets.get("fragments_overflow", 0)
-                                    + packets.get("fragments_incomplete", 0))
-    summary.streams_incomplete = streams.get("incomplete_messages", 0)
+    summary.malformed = stats["malformed_sip"] + stats["sip_defects"]
+    summary.fragments_incomplete = (packets["fragments_timed_out"]
+                                    + packets["fragments_overflow"])
     summary.malformed_samples = list(extractor.malformed_samples)
-    summary.counters = stats + packets + streams
+    summary.counters = stats + packets + extractor.stream_stats
+    summary.fates = extractor.fates()
+    summary.tcp_losses = extractor.tcp_losses()
+    summary.not_sip = extractor.not_sip()

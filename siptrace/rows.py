@@ -7,11 +7,13 @@ from typing import NamedTuple
 class TraceRow(NamedTuple):
     """One row of the sip_trace table, in the documented column order.
 
-    ``date`` is a naive UTC datetime with microseconds; ``msg`` the exact wire
-    bytes (the store decides how they become text).
+    ``date`` is the date column's text (``date_text``: UTC, microseconds); ``msg``
+    the exact wire bytes (the store decides how they become text). ``callid`` and
+    ``fromtag`` hold a byte that is not UTF-8 as a lone surrogate (surrogateescape),
+    which the store escapes reversibly.
     """
 
-    date: datetime
+    date: str
     callid: str
     traced_user: str
     msg: bytes
@@ -26,15 +28,14 @@ class TraceRow(NamedTuple):
 COLUMNS = TraceRow._fields
 EPOCH = datetime(1970, 1, 1)  # naive UTC, as the date column holds
 
-# The date column: capture time as a naive UTC datetime, microseconds kept (rounded
-# down), exact for any time. datetime() is given its 10-byte state (the form pickle
-# stores and reads back: year in 2 bytes, month, day, hour, minute, second, then the
-# microsecond in 3), made as one big-endian integer: _STATE_BASE[second] + us, for the
-# microseconds us since the epoch, the base cached per second. 2.5x faster than
-# EPOCH + timedelta(...); 30 ns a row slower than the deprecated utcfromtimestamp(us /
-# 1e6) was, which the status and endpoint code below makes up (measured per row).
-_STATE_BASE: dict[int, int] = {}
-STATE_CACHE_SIZE = 4096  # seconds whose base is kept; cleared when full
+# The date column, as text: the capture time in UTC, 'YYYY-MM-DD HH:MM:SS', then
+# '.ffffff' unless the microsecond is 0 (rounded down), exactly as str(datetime) writes
+# it: what SQLite holds and what PostgreSQL's COPY and MySQL's literals take. Text from
+# the start, because every backend's write path wants text: made here, it is made
+# once, cheaper than a datetime (the seconds' part is cached) and pickled to the store
+# process at half the cost.
+_SECOND_TEXT: dict[int, str] = {}
+SECOND_CACHE_SIZE = 4096  # seconds whose text is kept; cleared when full
 
 # The status column: the numeric code as text, looked up (a reply's code is 3 digits).
 _STATUS_TEXT = tuple(str(code) for code in range(1000))
@@ -52,17 +53,19 @@ def endpoint(transport: str, family: int, ip: str, port: int) -> str:
     return f"{transport}:{ip}:{port}"
 
 
-def _state_base(second: int) -> int:
-    """The datetime state of ``second`` since the epoch as an integer, microsecond 0,
-    less the microseconds up to it: adding the microseconds since the epoch gives the
-    state of any microsecond in that second."""
-    if len(_STATE_BASE) >= STATE_CACHE_SIZE:
-        _STATE_BASE.clear()
-    t = EPOCH + timedelta(seconds=second)
-    state = bytes((t.year >> 8, t.year & 0xFF, t.month, t.day, t.hour, t.minute, t.second,
-                   0, 0, 0))
-    base = _STATE_BASE[second] = int.from_bytes(state, "big") - second * 1_000_000
-    return base
+def _second_text(second: int) -> str:
+    """'YYYY-MM-DD HH:MM:SS' of ``second`` since the epoch (UTC), cached."""
+    if len(_SECOND_TEXT) >= SECOND_CACHE_SIZE:
+        _SECOND_TEXT.clear()
+    text = _SECOND_TEXT[second] = str(EPOCH + timedelta(seconds=second))
+    return text
+
+
+def date_text(us: int) -> str:
+    """The date column's text for a time in microseconds since the epoch (UTC)."""
+    second, fraction = divmod(us, 1_000_000)
+    text = _SECOND_TEXT.get(second) or _second_text(second)
+    return f"{text}.{fraction:06d}" if fraction else text
 
 
 def trace_row(wire, direction: str) -> TraceRow:
@@ -75,9 +78,7 @@ def trace_row(wire, direction: str) -> TraceRow:
         method, status = sip.method, ""
     else:
         method, status = sip.cseq_method, _STATUS_TEXT[sip.status]
-    us = wire.ts_ns // 1000
-    base = _STATE_BASE.get(us // 1_000_000) or _state_base(us // 1_000_000)
-    date = datetime((base + us).to_bytes(10, "big"))
+    date = date_text(wire.ts_ns // 1000)
     transport, family = wire.transport, wire.family
     return _new_row(TraceRow, (date, sip.call_id, "", sip.raw, method, status,
                                endpoint(transport, family, wire.src, wire.sport),

@@ -14,12 +14,15 @@ import threading
 import time
 from collections import Counter
 
+from siptrace import __version__
+from siptrace.capture.hep_listener import HEP_RECORD, HepListener
 from siptrace.capture.live import LiveCapture, build_filter
 from siptrace.config import Settings
 from siptrace.control import ControlServer, DecisionRecorder, DecisionSocket
 from siptrace.correlate.correlator import Correlator
 from siptrace.direction import ProxyAddresses, normalize_ip
 from siptrace.extract import SipExtractor
+from siptrace.sip.streams import TcpMessageAssembler
 from siptrace.store.process import LiveWriter
 from siptrace.rows import trace_rows
 from siptrace.store import parse_db_url
@@ -27,6 +30,7 @@ from siptrace.redact import redact_url
 
 CAPTURE_POLL_S = 0.2  # the capture thread looks at its stop flag this often
 CAPTURE_QUEUE_BATCHES = 1024  # record batches (up to live.MAX_BATCH each) between threads
+CAPTURE_QUEUE_BYTES = 32 << 20  # and their packets' bytes (a peer sends 64 KB segments)
 LOOP_WAIT_S = 0.05  # the processing loop waits this long for packets before other work
 TICK_NS = 100_000_000  # time-outs checked and rows handed to the writer every 0.1 s
 ROWS_PER_PUT = 1000
@@ -44,8 +48,11 @@ class Sidecar:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.stats: Counter = Counter()  # capture_queue_drops, mirror_copies_seen, rows
+        self._started = time.monotonic()  # status: uptime
         self._stop = threading.Event()
         self._records: queue.Queue = queue.Queue(CAPTURE_QUEUE_BATCHES)
+        self._queued_in = self._queued_out = 0  # bytes put on _records, and taken off
+        self._queue_lock = threading.Lock()  # two threads put: capture and HEP listener
         self._switches: list[tuple[bool, int]] = []
         self._switch_lock = threading.Lock()
         self._rows: list = []
@@ -60,11 +67,12 @@ class Sidecar:
 
     def _build(self, settings: Settings) -> None:
         proxy = ProxyAddresses.parse(settings.proxy)
-        self.extractor = SipExtractor()
+        self.extractor = SipExtractor(
+            streams=TcpMessageAssembler(max_buffered=settings.stream_buffer_bytes))
         self.correlator = Correlator(
             proxy, trace_flag=settings.trace_flag, traced_user_avp=settings.traced_user_avp,
             trace_on=settings.trace_on, trace_all=settings.trace_all,
-            grace_ns=settings.grace_ns)
+            grace_ns=settings.grace_ns, max_decision_bytes=settings.decision_buffer_bytes)
         db_endpoint = _database_endpoint(settings.db_url)
         self.mirror = None
         if settings.duplicate_uri:
@@ -80,6 +88,10 @@ class Sidecar:
                                    exclude=sorted(self._mirror_targets) + db_endpoint)
         self.capture = LiveCapture(settings.interface or ("any",), self.filter)
         self._opened.append(self.capture)
+        self.hep = None
+        if settings.hep_listen:  # HEP agents sending to siptrace (hep_listener.py)
+            self.hep = HepListener(settings.hep_listen, self._hand_on)
+            self._opened.append(self.hep)
         self.recorder = None
         if settings.record_decisions:
             self.recorder = DecisionRecorder(settings.record_decisions)
@@ -102,6 +114,8 @@ class Sidecar:
         self._capture_thread = threading.Thread(target=self._capture_loop,
                                                 name="siptrace-capture", daemon=True)
         self._capture_thread.start()
+        if self.hep is not None:
+            self.hep.start()
 
     # -- from other threads -------------------------------------------------------------
     def set_trace_on(self, on: bool) -> None:
@@ -117,14 +131,25 @@ class Sidecar:
         self._stop.set()
 
     def _capture_loop(self) -> None:
-        read, put, stop = self.capture.read, self._records.put_nowait, self._stop
+        read, hand_on, stop = self.capture.read, self._hand_on, self._stop
         while not stop.is_set():
             records = read(CAPTURE_POLL_S)
             if records:
-                try:
-                    put(records)
-                except queue.Full:
-                    self.stats["capture_queue_drops"] += len(records)
+                hand_on(records)
+
+    def _hand_on(self, records: list) -> None:
+        """A batch of records to the processing loop, or counted as dropped when the
+        queue is full (in batches or bytes)."""
+        size = sum(len(record[2]) for record in records)
+        with self._queue_lock:
+            try:
+                if self._queued_in - self._queued_out + size > CAPTURE_QUEUE_BYTES:
+                    raise queue.Full  # full in bytes
+                self._records.put_nowait(records)
+            except queue.Full:
+                self.stats["capture_queue_drops"] += len(records)
+            else:
+                self._queued_in += size
 
     # -- the processing loop ----------------------------------------------------------
     def run(self, install_signals: bool = True) -> dict:
@@ -143,6 +168,7 @@ class Sidecar:
                 now = time.time_ns()
                 self._apply_inputs()
                 if records:
+                    self._queued_out += sum(len(record[2]) for record in records)
                     self._process(records, now)
                 if now >= next_tick:
                     next_tick = now + TICK_NS
@@ -154,6 +180,8 @@ class Sidecar:
 
     def _process(self, records, now_ns: int) -> None:
         feed, on_packet, emit = self.extractor.feed, self.correlator.on_packet, self._emit
+        if records[0][1] == HEP_RECORD:  # a batch from the HEP listener
+            feed = self._feed_hep
         targets = self._mirror_targets
         for ts_ns, linktype, data in records:
             for wire in feed(ts_ns, linktype, data):
@@ -165,6 +193,9 @@ class Sidecar:
                     emit(traced)
         if len(self._rows) >= ROWS_PER_PUT:
             self._flush_rows()
+
+    def _feed_hep(self, ts_ns: int, _record_type: int, data: bytes):
+        return self.extractor.feed_hep(ts_ns, data)
 
     def _emit(self, traced) -> None:
         rows, mirror = self._rows, self.mirror
@@ -235,6 +266,8 @@ class Sidecar:
         writer = self.writer.stats
         out = {
             "trace": "on" if self._trace_on else "off",
+            "version": __version__,
+            "uptime": int(time.monotonic() - self._started),  # seconds
             "traced_requests": correlator["traced_requests"],
             "traced_replies": correlator["traced_replies"],
             "rows_stored": writer["rows_written"],
@@ -243,6 +276,9 @@ class Sidecar:
             "kernel_drops": capture["kernel_drops"],
             "capture_queue_drops": self.stats["capture_queue_drops"],
             "sip_messages": self.extractor.stats["sip_messages"],
+            "packets": self.extractor.fates(),  # each packet's fate: they add up
+            "tcp_not_stored": self.extractor.tcp_losses(),  # by reason
+            "not_sip": self.extractor.not_sip(),  # what the rest seems to carry
             "decisions_received": decisions["datagrams"],
             "decisions_malformed": decisions["malformed"],
             "decisions_dropped": decisions["dropped"],
@@ -252,18 +288,31 @@ class Sidecar:
             "rows_spooled": writer["spooled"],
             "spool_depth": writer["spool_depth"],
             "rows_dropped": writer["dropped"],
+            "rows_rejected": writer["rejected"],  # refused by the database for good
+            "rows_set_aside": writer["set_aside"],  # of those, in the dead-letter file
+            "rows_lost": writer["lost"],  # held by a store process that died
+            "store_restarts": writer["store_restarts"],
             "db_url": redact_url(self.settings.db_url),
             "table": self.settings.table,
             "interfaces": self.capture.interfaces,
             "capture_filter": self.filter,
             **self.correlator.sizes(),
         }
-        if writer.get("last_error"):
-            out["db_last_error"] = writer["last_error"]
+        for key in ("last_error", "last_error_at", "last_incident", "last_incident_at",
+                    "last_rejected"):
+            if writer[key]:  # last_error only while failing; last_incident kept
+                out["db_" + key] = writer[key]
+        if writer["store_last_exit"]:
+            out["store_last_exit"] = writer["store_last_exit"]
         if self.mirror is not None:
             out["mirror"] = self.mirror.stats()
         if self.decisions.recent_errors:
             out["decisions_last_error"] = self.decisions.recent_errors[-1]
+        if self.hep is not None:
+            decoded = self.extractor.decoder.stats
+            out["hep"] = {**self.hep.stats, **{key: decoded[key] for key in (
+                "hep_received", "hep_received_not_sip", "hep_received_not_hep",
+                "hep_received_malformed")}}
         return out
 
 
@@ -300,5 +349,5 @@ def run_command(config_path, cli_overrides: dict) -> None:
     for key in ("packets_captured", "kernel_drops", "capture_queue_drops", "sip_messages",
                 "decisions_received", "decisions_malformed", "decisions_unmatched",
                 "packets_unclaimed", "traced_requests", "traced_replies", "rows_stored",
-                "rows_spooled", "rows_dropped"):
+                "rows_spooled", "rows_dropped", "rows_rejected", "rows_lost"):
         print(f"{key + ':':22}{final[key]}")

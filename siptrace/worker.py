@@ -28,7 +28,13 @@ the child by ``factory(*args, log=callable)``, has ``handle(items)``, ``stats() 
 dict`` and ``close()``, and may set ``merge_items``: frames already waiting in the pipe
 are then joined into one ``handle`` call of up to that many items. A SiptraceError it
 raises (building, handling or closing) becomes the worker's ``error``, one line,
-never a traceback.
+never a traceback; so does any exception that ends one of the job's threads, and the
+child exits (a job whose writer thread is gone would take items and do nothing).
+
+Supervised (``supervise=True``, bounded mode): a child that dies (kill -9, SIGBUS,
+an error) is started again by the feeder, after RESTART_FIRST s doubling to
+RESTART_MAX s while it keeps dying young. Its last report is kept in ``past``; the
+items it was handed and had not taken from the pipe are counted in ``lost``.
 
 The parent's main module must be importable (a script file, ``python -m``, ``-c``):
 "spawn" imports it in the child, as multiprocessing documents.
@@ -37,6 +43,7 @@ The parent's main module must be importable (a script file, ``python -m``, ``-c`
 import fcntl
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -52,6 +59,9 @@ REPORT_EVERY = 0.25  # seconds between the child's reports while its stats chang
 FLUSH_DELAY = 0.005  # seconds the feeder lets a small frame grow before writing it
 FLUSH_AT = 512  # items that make the feeder write at once
 IDLE_CHECK = 1.0  # seconds between the idle feeder's looks at the queue
+RESTART_FIRST = 0.5  # seconds before a supervised child that died is started again
+RESTART_MAX = 30.0
+LIVED_LONG = 60.0  # seconds: a child that lived this long starts the backoff afresh
 
 log = logging.getLogger("siptrace.worker")
 
@@ -79,7 +89,7 @@ class WorkerProcess:
     def __init__(self, factory: Callable, args: tuple = (), *, name: str,
                  queue_limit: int | None = None, max_batch: int = 2048,
                  encode: Callable[[list], bytes] = pickle_frame,
-                 logger: logging.Logger = log):
+                 logger: logging.Logger = log, supervise: bool = False):
         self.name = name
         self.queue_limit = queue_limit
         self.max_batch = max_batch
@@ -88,25 +98,20 @@ class WorkerProcess:
         self.error = ""
         self.finished = False  # the child said "done"
         self.killed = False  # close() gave up waiting (or was interrupted) and killed it
+        self.supervise = supervise and queue_limit is not None
+        self.past: list[dict] = []  # supervised: the last report of each child that died
+        self.lost = 0  # supervised: items in the pipe of a child that died
+        self.restarts = 0
+        self.last_exit = ""  # supervised: how and when the last child died
+        self._factory, self._args = factory, args
         self._encode = encode
         self._log = logger
         self._closing = False
         self._closed = False
         self._noted = threading.Lock()  # "stopped" is logged once
         self._stopped_noted = False
-        ctx = multiprocessing.get_context("spawn")
-        batches_in, self._batches = ctx.Pipe(duplex=False)
-        self._results, results_out = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_child_main, name=f"siptrace {name}", daemon=True,
-                                   args=(factory, args, name, batches_in, results_out))
-        self.process.start()
-        batches_in.close()
-        results_out.close()
-        _widen_pipe(self._batches.fileno())
-        self._write = self._batches.send_bytes
-        self._listener = threading.Thread(target=self._listen, daemon=True,
-                                          name=f"siptrace-{name}-results".replace(" ", "-"))
-        self._listener.start()
+        self._closing_now = threading.Event()
+        self._spawn()
         self._feeder = None
         if queue_limit is not None:
             self._queue: deque = deque()
@@ -114,6 +119,51 @@ class WorkerProcess:
             self._feeder = threading.Thread(target=self._feed, daemon=True,
                                             name=f"siptrace-{name}-feed".replace(" ", "-"))
             self._feeder.start()
+
+    def _spawn(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        batches_in, self._batches = ctx.Pipe(duplex=False)
+        self._results, results_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_child_main, name=f"siptrace {self.name}", daemon=True,
+                                   args=(self._factory, self._args, self.name, batches_in,
+                                         results_out))
+        self.process.start()
+        self._started = time.monotonic()
+        self._sent_before = self.sent  # items handed to earlier children
+        self._gone = False  # supervised: the listener saw this child's end
+        batches_in.close()
+        results_out.close()
+        _widen_pipe(self._batches.fileno())
+        self._write = self._batches.send_bytes
+        self._listener = threading.Thread(target=self._listen, daemon=True,
+                                          name=f"siptrace-{self.name}-results".replace(" ", "-"))
+        self._listener.start()
+
+    def _restart(self, failures: int) -> int:
+        """Supervised: the child died; account for it, wait out the backoff (cut short
+        by close), start another. Returns the count of consecutive early deaths."""
+        self._listener.join(5.0)
+        self.process.join(5.0)
+        lived = time.monotonic() - self._started
+        failures = 0 if lived >= LIVED_LONG else failures + 1
+        how = _exit_text(self.process.exitcode) + (f": {self.error}" if self.error else "")
+        self.last_exit = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {how}"
+        last = self.child
+        in_pipe = max(0, self.sent - self._sent_before - last.get("received", 0))
+        self.lost += in_pipe
+        self.past.append(last)
+        self.child, self.error = {}, ""
+        delay = min(RESTART_MAX, RESTART_FIRST * 2 ** (failures - 1)) if failures else 0.0
+        self._log.warning("%s %s; %d items it held are lost; starting it again%s", self.name,
+                          how, in_pipe + last.get("pending", 0),
+                          f" in {delay:g} s" if delay else "")
+        self._batches.close()
+        self._results.close()
+        if delay:
+            self._closing_now.wait(delay)  # close() cuts it short: the rest is handed over
+        self._spawn()
+        self.restarts += 1
+        return failures
 
     # -- the producer side -----------------------------------------------------------
     def put(self, items: list) -> None:
@@ -164,11 +214,14 @@ class WorkerProcess:
     @property
     def in_pipe(self) -> int:
         """Items written to the child and not handled yet (lost if it never does)."""
-        return max(0, self.sent - self.child.get("received", 0))
+        return max(0, self.sent - self._sent_before - self.child.get("received", 0))
 
     @property
     def ended(self) -> bool:
-        """The child has exited, or is being given up on."""
+        """The child has exited (and, supervised, is not being started again), or is
+        being given up on."""
+        if self.supervise and not self._closed:
+            return False
         return self.finished or self.killed or not self.process.is_alive()
 
     def close(self, timeout: float | None = None) -> bool:
@@ -180,6 +233,7 @@ class WorkerProcess:
         self._closed = True
         deadline = None if timeout is None else time.monotonic() + timeout
         self._closing = True
+        self._closing_now.set()
         try:
             if self._feeder is not None:
                 self._wake.set()
@@ -213,7 +267,10 @@ class WorkerProcess:
     def _feed(self) -> None:
         queue, wake, max_batch = self._queue, self._wake, self.max_batch
         broken = False
+        failures = 0
         while True:
+            if self._gone and not self.finished:
+                failures = self._restart(failures)  # it died (the listener saw its end)
             if not queue:
                 if self._closing:
                     break
@@ -228,14 +285,19 @@ class WorkerProcess:
                 self.unsent += len(batch)
                 continue
             data, count = self._frame(batch)
-            try:
-                self._write(data)
-            except (OSError, ValueError):  # the child is gone
-                broken = True
-                self.unsent += count
-                self._note_stopped()
-                continue
-            self.sent += count
+            while True:
+                try:
+                    self._write(data)
+                except (OSError, ValueError):  # the child is gone
+                    if self.supervise:
+                        failures = self._restart(failures)  # the frame goes to the next
+                        continue
+                    broken = True
+                    self.unsent += count
+                    self._note_stopped()
+                break
+            if not broken:
+                self.sent += count
         self._end_input()
 
     def _frame(self, items: list) -> tuple[bytes, int]:
@@ -277,7 +339,10 @@ class WorkerProcess:
                         return
         except (EOFError, OSError):
             pass
-        if not self.finished and not self.killed:
+        if self.supervise and not self.finished:
+            self._gone = True  # the feeder starts another
+            self._wake.set()
+        elif not self.finished and not self.killed:
             self._note_stopped()
 
     def _note_stopped(self) -> None:
@@ -329,6 +394,11 @@ def _child_main(factory, args, name, batches, results) -> None:
             except OSError:  # the parent is gone
                 pass
 
+    def thread_failed(hook) -> None:  # a job's thread died: one line, and the child ends
+        answer("error", _one_line(hook.exc_value, name))
+        os._exit(1)
+
+    threading.excepthook = thread_failed
     try:
         job = factory(*args, log=lambda line: answer("log", line))
     except Exception as exc:
@@ -386,6 +456,16 @@ def _next_frame(batches, wait: float) -> bytes | None:
         return batches.recv_bytes()
     except OSError:
         raise EOFError from None
+
+
+def _exit_text(status: int | None) -> str:
+    """How a child ended, from its exit status."""
+    if status is not None and status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"stopped (exit status {status})"
 
 
 def _one_line(exc: BaseException, name: str) -> str:

@@ -44,13 +44,13 @@ def call_rows(callid, steps, *, start=T0, a="udp:10.0.0.1:5060", b="udp:10.0.0.2
             method, status = options.get("cseq_method") or "INVITE", str(what)
         else:
             method, status = what, ""
-        rows.append(TraceRow(start + timedelta(seconds=seconds), callid, "", msg, method,
+        rows.append(TraceRow(str(start + timedelta(seconds=seconds)), callid, "", msg, method,
                              status, src, dst, "ftag", "in"))
     return rows
 
 
 def stored(rows, first_id=1) -> list[StoredMessage]:
-    return [StoredMessage(first_id + i, r.date, r.callid, r.method, r.status, r.fromip, r.toip,
+    return [StoredMessage(first_id + i, datetime.fromisoformat(r.date), r.callid, r.method, r.status, r.fromip, r.toip,
                           r.fromtag, r.direction, r.traced_user, r.msg)
             for i, r in enumerate(rows)]
 

@@ -3,7 +3,9 @@
 Not a test module (pytest does not collect it); the test_mirror_* modules import it.
 """
 
+import glob
 import os
+import re
 import signal
 import socket
 import struct
@@ -175,3 +177,90 @@ def tshark_frames(pcap: Path) -> list[dict]:
         frame["payload"] = bytes.fromhex(payload_hex.replace(":", ""))
         frames.append(frame)
     return frames
+
+
+# -- Kamailio's sipcapture as a HEP decoder (what Homer collectors run) ------------------
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=1
+log_stderror=yes
+fork=yes
+children=1
+disable_tcp=yes
+listen=udp:127.0.0.1:{port}
+mpath="{modules}"
+loadmodule "pv.so"
+loadmodule "db_flatstore.so"
+loadmodule "sipcapture.so"
+modparam("sipcapture", "db_url", "flatstore:{store}")
+modparam("sipcapture", "hep_capture_on", 1)
+modparam("sipcapture", "capture_on", 1)
+request_route {{ sip_capture(); drop; }}
+onreply_route {{ sip_capture(); drop; }}
+"""
+# Positions in a sip_capture row as db_flatstore writes it (Kamailio 5.6): the optional
+# header columns in the middle vary, so the later ones are counted from the end.
+SIPCAPTURE_COLUMNS = {"date": 0, "micro_ts": 1, "callid": 13, "source_ip": -22,
+                      "source_port": -21, "destination_ip": -20, "destination_port": -19,
+                      "proto": -14, "family": -13, "node": -10, "correlation_id": -9,
+                      "msg": -4}
+KAMAILIO_PROTO = {"udp": b"1", "tcp": b"2", "ws": b"2"}  # Kamailio's PROTO_UDP, PROTO_TCP
+FLATSTORE_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")  # '|', '\\' and non-ASCII as \xHH
+
+
+def unescape_flatstore(value: bytes) -> bytes:
+    return FLATSTORE_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), value)
+
+
+def sipcapture_fields(line: bytes) -> dict[str, bytes]:
+    """The columns of a stored sip_capture line that the tests compare."""
+    row = line.split(b"|")
+    return {name: row[i] for name, i in SIPCAPTURE_COLUMNS.items()}
+
+
+class KamailioSipcapture:
+    """A real Kamailio with sipcapture and db_flatstore, taking HEP on a free UDP port
+    and storing one line a message under ``tmp_path``; stopped on leaving."""
+
+    def __init__(self, tmp_path: Path, timeout: float = 15):
+        require_tool("kamailio")
+        modules = [d for d in glob.glob("/usr/lib/*/kamailio/modules")
+                   if os.path.exists(f"{d}/sipcapture.so")
+                   and os.path.exists(f"{d}/db_flatstore.so")]
+        if not modules:
+            missing("Kamailio's sipcapture and db_flatstore modules are not installed")
+        self.port = free_udp_port()
+        self.store = tmp_path / "store"
+        self.store.mkdir()
+        self.config = tmp_path / "kamailio.cfg"
+        self.config.write_text(KAMAILIO_CFG.format(port=self.port, modules=modules[0],
+                                                   store=self.store))
+        self.deadline = time.monotonic() + timeout
+
+    def __enter__(self):
+        self.process = subprocess.Popen(["kamailio", "-f", str(self.config), "-DD", "-E"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while not udp_port_bound(self.port):
+                assert self.process.poll() is None, \
+                    self.process.stderr.read().decode(errors="replace")
+                assert time.monotonic() < self.deadline, "kamailio did not bind its port"
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+        self.process.stderr.close()
+
+    def lines(self) -> list[bytes]:
+        return [line for path in sorted(self.store.glob("sip_capture*"))
+                for line in path.read_bytes().splitlines()]
+
+    def wait_for(self, count: int) -> None:
+        """Until ``count`` lines are stored, or the deadline."""
+        while len(self.lines()) < count and time.monotonic() < self.deadline:
+            time.sleep(0.05)

@@ -39,9 +39,12 @@ TSHARK_PREFS = {
 # Heuristic dissector short names, as `tshark --enable-heuristic` takes them
 # (the tables are listed by `tshark -G heuristic-decodes`).
 TSHARK_HEURISTICS = ("sip_udp", "sip_tcp", "websocket_tcp")
-# No capture needs a decode-as: the heuristics find SIP on every port used. Kept as the
-# place to add one ({"udp.port==N": "sip"}) should a fixture ever need it.
-TSHARK_DECODE_AS: dict[str, str] = {}
+# The heuristics find SIP on every port used; GTP-U, VXLAN, Geneve, ERSPAN and SIP over
+# SCTP 5060 are dissected by default. Only the Ethernet pseudowires of
+# mpls-pw-ethernet.pcap need telling (Wireshark cannot know a PW label's payload):
+# label 2001 with the control word, 2002 without (pcaps/make_fixtures.py counts the same).
+TSHARK_DECODE_AS: dict[str, str] = {"mpls.label==2001": "pwethcw",
+                                    "mpls.label==2002": "pwethnocw"}
 
 TSHARK_EXIT_TIMEOUT = 60.0  # seconds tshark gets to exit after its last packet
 TSHARK_TRUNCATED = "cut short in the middle of a packet"  # tshark's message, exit status 2

@@ -174,7 +174,7 @@ def make_rows(n: int, prefix: str = "c", start: datetime = datetime(2024, 5, 1, 
         callid = f"{prefix}-{i}"
         msg = (b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: " + callid.encode()
                + b"\r\nCSeq: 1 INVITE\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        rows.append(TraceRow(start + timedelta(microseconds=i), callid, "", msg, "INVITE", "",
+        rows.append(TraceRow(str(start + timedelta(microseconds=i)), callid, "", msg, "INVITE", "",
                              "udp:10.0.0.1:5060", "udp:10.0.0.2:5060", f"tag{i}", "in"))
     return rows
 

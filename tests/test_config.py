@@ -23,8 +23,11 @@ record_decisions = /var/log/siptrace/decisions.jsonl
 grace = 500ms
 hep_capture_id = 2001
 hep_auth_key = myHep%Key
+hep_listen = udp:0.0.0.0:9060, tcp:[::1]:9061
 spool_dir = /var/spool/siptrace
 spool_max_bytes = 2G
+stream_buffer_bytes = 32M
+decision_buffer_bytes = 8M
 trace_all = no
 call_index = off
 web_listen = [::1]:8443
@@ -58,7 +61,9 @@ def test_every_key_from_the_file(tmp_path):
     assert s.proxy_addresses == ProxyAddresses.parse(["10.0.0.1:5060", "[::1]:5060"])
     assert s.grace == 0.5 and s.grace_ns == 500_000_000
     assert s.hep_auth_key == "myHep%Key"  # no interpolation of %
+    assert s.hep_listen == ("udp:0.0.0.0:9060", "tcp:[::1]:9061")
     assert s.spool_max_bytes == 2 << 30 and s.trace_all is False
+    assert s.stream_buffer_bytes == 32 << 20 and s.decision_buffer_bytes == 8 << 20
     assert set(KEYS) == {line.split(" =")[0] for line in FULL.splitlines()[1:]}
 
 
@@ -79,6 +84,17 @@ def test_config_path_from_the_environment(tmp_path):
     ("true", True), ("FALSE", False)])
 def test_trace_on_words(text, expected):
     assert load_settings(None, env={"SIPTRACE_TRACE_ON": text}).trace_on is expected
+
+
+@pytest.mark.parametrize("env, cli, trace_on", [
+    ({}, {"trace_all": True}, True),
+    ({"SIPTRACE_TRACE_ALL": "1"}, {}, True),
+    ({}, {"trace_all": True, "trace_on": "0"}, False),
+    ({"SIPTRACE_TRACE_ON": "off"}, {"trace_all": True}, False),
+    ({}, {}, False),
+])
+def test_trace_all_turns_tracing_on_unless_trace_on_is_given(env, cli, trace_on):
+    assert load_settings(None, env=env, cli_overrides=cli).trace_on is trace_on
 
 
 def test_command_line_values_typer_hands_over():
@@ -183,6 +199,10 @@ def test_passwords_never_show_in_repr_str_public_or_errors(tmp_path):
      "postgresql://h/db?user=u&password=***&sslmode=require"),
     ("sqlite:///siptrace.db", "sqlite:///siptrace.db"),
     ("mysql://u@h/db", "mysql://u@h/db"),
+    ("mysql://u:pa ss/w#x?y@h/db", "mysql://u:***@h/db"),  # malformed: up to the last '@'
+    ("mysql://u:p/w@h", "mysql://u:***@h"),
+    ("mysql://a b/c@h/db", "mysql://***@h/db"),
+    ("sqlite:////var/a@b.db", "sqlite:////var/a@b.db"),
 ])
 def test_redact_url(url, shown):
     assert redact_url(url) == shown

@@ -18,6 +18,7 @@ from siptrace.correlate import Correlator, RecordedEvent, correlate_offline
 from siptrace.correlate.decision import parse_decision
 from siptrace.errors import ConfigError
 from siptrace.replay import replay_files
+from hostile import hostile_decisions, nested
 from test_correlate import (FLAGGED, PROXY_ADDRESSES, TRACE_FLAG, answered_call)
 
 DECISION = {"callid": "a84b4c76e66710@pc33", "cseq": "1 INVITE", "branch": "z9hG4bK776",
@@ -154,6 +155,33 @@ def test_bad_recorded_lines_are_counted_and_skipped(tmp_path):
     events = list(read_recorded_decisions(path, stats))
     assert [e.rt_ns for e in events] == [1_700_000_000_500_000_000]
     assert stats["bad_lines"] == 8
+
+
+def test_hostile_recorded_lines_are_counted_and_skipped_at_any_stack_depth(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    bad = [line.decode() for line in hostile_decisions()] + [nested(500)]
+    path.write_text("".join(f'{{"rt": 1700000000, "decision": {d}}}\n' for d in bad)
+                    + "[" * 500 + "]" * 500 + "\n" + '{"rt": NaN, "trace_on": true}\n'
+                    + '{"rt": 1700000000, "x": "' + "y" * (3 << 20) + '"}\n')  # 3 MB
+    stats = Counter()
+
+    def deep(depth):  # read from deep down a stack, as replay's callers are
+        return deep(depth - 1) if depth else list(read_recorded_decisions(path, stats))
+
+    assert deep(400) == []
+    assert stats["bad_lines"] == len(bad) + 3
+
+
+def test_queue_is_bounded_in_bytes_too(sock_path):
+    big = json.dumps(dict(DECISION, avps={"7000": ["v" * 1000] * 50})).encode()
+    with DecisionSocket(sock_path, max_queue_bytes=200_000) as decisions:
+        send(sock_path, *[big] * 5)
+        wait_for(lambda: decisions.stats["datagrams"] == 5)
+        assert len(decisions.drain()) == 3
+        send(sock_path, big)  # what was taken makes room again
+        wait_for(lambda: decisions.stats["datagrams"] == 6)
+        assert len(decisions.drain()) == 1
+    assert decisions.stats["dropped"] == 2
 
 
 def test_missing_recording_is_a_config_error(tmp_path):

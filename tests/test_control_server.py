@@ -5,15 +5,19 @@ import os
 import pwd
 import socket
 import stat
+import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from siptrace.config import load_settings
-from siptrace.control.control import MAX_LINE, ControlServer, send_command
+from siptrace.control.control import (MAX_CLIENTS, MAX_LINE, REQUEST_TIMEOUT_S, ControlServer,
+                                      send_command)
 from siptrace.errors import ControlError
+from kamailio_lab import SIPTRACE, wait_for
 
 
 class Proxy:
@@ -125,6 +129,76 @@ def test_a_failing_callback_is_an_error_reply_not_a_crash(tmp_path):
 def test_json_requests_work_too(server):
     reply = raw_exchange(server.path, b'{"command": "SIP_TRACE", "args": ["on"]}\n')
     assert reply == b'{"ok": true, "trace_on": true}\n'
+
+
+# -- slow and idle clients ------------------------------------------------------------------
+
+class SlowClient(threading.Thread):
+    """A real client sending one byte of "status" every ``interval`` seconds, never a
+    newline, until the server closes the connection (``closed_by_server``)."""
+
+    def __init__(self, path, interval: float = 3.0):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.interval = interval
+        self.stop = threading.Event()
+        self.closed_by_server = threading.Event()
+        self.start()
+
+    def run(self):
+        while True:
+            try:
+                self.sock.sendall(b"s")
+                self.sock.settimeout(self.interval)
+                if self.sock.recv(4096) == b"":  # EOF, or an error reply then EOF
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+            if self.stop.is_set():
+                return
+        self.closed_by_server.set()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def slow_clients(server):
+    clients = [SlowClient(server.path) for _ in range(MAX_CLIENTS)]
+    assert wait_for(lambda: server.stats["connections"] >= MAX_CLIENTS)
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_slow_clients_do_not_lock_out_status(server, slow_clients):
+    """The issue's attack: eight clients trickling a byte every 3 s."""
+    for _ in range(3):
+        assert send_command(server.path, "status")["ok"] is True
+    out = subprocess.run(SIPTRACE + ["status", "--control-socket", str(server.path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "traced_requests: 3" in out.stdout, out.stderr
+    assert server.stats["evicted"] >= 1
+
+
+def test_a_request_has_a_deadline_not_each_read(server, slow_clients):
+    """A client that never completes its line is closed, however often it sends."""
+    assert wait_for(lambda: all(c.closed_by_server.is_set() for c in slow_clients),
+                    timeout=REQUEST_TIMEOUT_S * 4)
+    assert server.stats["timeouts"] == MAX_CLIENTS
+
+
+def test_a_request_line_split_in_pieces_is_served(server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(server.path))
+        for piece in (b"sta", b"tu", b"s\n"):
+            client.sendall(piece)
+        assert b'"ok": true' in client.recv(65536)
 
 
 # -- the client's errors -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ and fed with the decisions the proxy would publish for what it received.
 from hypothesis import given, settings, strategies as st
 
 from siptrace.correlate import Correlator, RecordedEvent, correlate_offline
+from siptrace.correlate.correlator import MAX_TRACED_USERS
 from siptrace.correlate.decision import decision_from_object
 from siptrace.direction import ProxyAddresses
 from siptrace.extract import WireMessage
@@ -484,7 +485,28 @@ def test_tables_stay_bounded_under_a_flood_of_unmatched_packets_and_decisions():
     assert c.stats["evicted_decisions"] == 960
     assert c.stats["evicted_transactions"] == 970
     c.finish()
-    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0}
+    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0,
+                         "pending_bytes": 0, "decision_bytes": 0}
+
+
+def test_tables_stay_bounded_in_bytes_whatever_the_entries_hold():
+    bound = 1 << 20
+    c = correlator(max_pending_bytes=bound, max_decision_bytes=bound)
+    big_avps = {"7000": ["v"] * 4000, "6843": [f"user{n}" for n in range(100)]}
+    for i in range(200):
+        f = Flow(callid=f"big-{i}" + "x" * 30000)  # 30 kB Call-IDs, in packets and decisions
+        f.request("in", i * 0.001, UAC, PROXY, "OPTIONS", [(UAC, f"z9hG4bK{i}")])
+        c.on_packet(f.wires["in"], f.wires["in"].ts_ns)
+        g = Flow(callid=f"ghost-{i}" + "y" * 30000)
+        g.request("in", 0, UAC, PROXY, "INVITE", [(UAC, f"z9hG4bKg{i}")])
+        c.on_decision(g.decision("in", flags=FLAGGED, avps=big_avps), BASE_NS + i * 1000)
+        sizes = c.sizes()
+        assert sizes["pending_bytes"] <= bound and sizes["decision_bytes"] <= bound
+    assert c.stats["evicted_packets"] > 150 and c.stats["evicted_decisions"] > 50
+    assert c.stats["evicted_transactions"] > 50
+    assert c.stats["traced_users_cut"] == 200 * (100 - MAX_TRACED_USERS)
+    c.finish()
+    assert c.sizes()["pending_bytes"] == 0 and c.sizes()["decision_bytes"] == 0
 
 
 def test_transactions_expire():
@@ -493,7 +515,8 @@ def test_transactions_expire():
     flow.run(c, with_decisions(flow, decide={"INVITE in": {"flags": FLAGGED}}))
     assert c.sizes()["transactions"] == 2  # the INVITE and the ACK
     flow.run(c, [("tick", 100_000)])
-    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0}
+    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0,
+                         "pending_bytes": 0, "decision_bytes": 0}
 
 
 # -- trace_all ---------------------------------------------------------------------------------
@@ -610,6 +633,7 @@ def test_any_mix_of_messages_and_decisions_keeps_the_invariants(data):
         assert 0 <= sizes["pending_packets"] <= 5 and 0 <= sizes["pending_decisions"] <= 5
         assert sizes["transactions"] <= 5
     c.finish(now)
-    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0}
+    assert c.sizes() == {"pending_packets": 0, "pending_decisions": 0, "transactions": 0,
+                         "pending_bytes": 0, "decision_bytes": 0}
     assert c.stats["matched"] + c.stats["unmatched_decisions"] + \
         c.stats["evicted_decisions"] == c.stats["decisions"]

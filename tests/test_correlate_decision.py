@@ -166,3 +166,35 @@ def test_any_mix_of_valid_and_garbage_fields(garbage):
         parse_decision(encode(dict(REQUEST, **garbage)))
     except DecodeError:
         pass
+
+
+@pytest.mark.parametrize("field, text, reason", [
+    ("ts", "NaN", "not JSON"),  # JavaScript's constants, not JSON's (RFC 8259 section 6)
+    ("ts", "Infinity", "not JSON"),
+    ("ts", "-Infinity", "not JSON"),
+    ("ts", "1e400", "ts: out of range"),  # a float that overflows to infinity
+    ("ts", "9" * 4000, "ts: out of range"),
+    ("flags", "9" * 4000, "flags: out of range"),
+    ("avps", '{"6843": [' + "7" * 4000 + "]}", "avps: integer out of range"),
+    ("callid", '"a\\ud800b"', "callid: a lone surrogate"),  # JSON syntax, not Unicode
+    ("branch", '"z9hG4bK\\udfff"', "branch: a lone surrogate"),
+    ("avps", '{"6843": ["\\ud83d"]}', "avps: a lone surrogate"),
+    ("avps", '{"\\udc00": []}', "avps: a lone surrogate"),
+    ("src", '"udp\\ud800:10.0.0.1:5060"', "src: a lone surrogate"),
+])
+def test_values_no_proxy_sends_and_strict_json_cannot_carry_are_refused(field, text, reason):
+    datagram = encode(dict(REQUEST, **{field: "@"})).replace(b'"@"', text.encode())
+    with pytest.raises(DecodeError) as info:
+        parse_decision(datagram)
+    assert str(info.value) == reason
+
+
+def test_avps_are_kept_as_compact_text_and_written_back_as_strict_json():
+    values = [str(i % 40) for i in range(13000)]  # 13,000 values in a 64 KB datagram
+    datagram = json.dumps(dict(REQUEST, avps={"7000": values, "6843": [7, "\u00e9\U0001F600"]}),
+                          separators=(",", ":")).encode()
+    d = parse_decision(datagram)
+    assert isinstance(d.avps, str) and d.size < len(datagram) + 1000
+    assert d.avp_values(7000) == tuple(values) and d.avp_values(6843) == ("7", "\u00e9\U0001F600")
+    text = json.dumps(d.to_object(), separators=(",", ":"))  # as the recorder writes it
+    assert parse_decision(text.encode()) == d

@@ -56,7 +56,8 @@ def test_every_fixture_has_sip_messages_in_the_readme():
 def test_tshark_finds_the_readme_counts_in_every_fixture():
     require_tool("tshark")
     table = readme_table()
-    files = fixture_files()
+    # HEP: no dissector in Wireshark 4.0; test_fidelity checks them against what was encoded
+    files = [p for p in fixture_files() if p.name not in make_fixtures.WITHOUT_WIRESHARK_DISSECTOR]
     with ThreadPoolExecutor(max_workers=2) as pool:
         counts = pool.map(make_fixtures.tshark_sip_counts, files)
         found = dict(zip((p.name for p in files), counts))

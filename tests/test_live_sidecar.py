@@ -156,7 +156,7 @@ def test_sockets_modes_and_status_without_secrets(tmp_path):
                              capture_output=True, timeout=10)
     assert status["db_url"] == "mysql://siptrace:***@127.0.0.1:3306/siptrace_nowhere"
     assert "s3cret" not in json.dumps(status)
-    assert status["capture_filter"].startswith(f"((host {PROXY} and (udp or tcp))")
+    assert status["capture_filter"].startswith(f"((host {PROXY} and (udp or tcp or sctp))")
     assert "and not (dst host 127.0.0.1 and dst port 3306)" in status["capture_filter"]
     assert out.returncode == 0, out.stderr
     assert b"s3cret" not in out.stdout + out.stderr

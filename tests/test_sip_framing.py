@@ -18,7 +18,7 @@ from siptrace.errors import DecodeError
 from siptrace.sip.framing import MESSAGE_STEP_NS, SipStreamFramer
 from siptrace.sip.parser import parse_message
 from siptrace.sip.streams import RESYNC_BUDGET, TcpMessageAssembler
-from siptrace.sip.websocket import WebSocketDecoder, unmask
+from siptrace.sip.websocket import INFLATE_STATE, WebSocketDecoder, unmask
 
 
 def sip(start: bytes, call_id: str, body: bytes = b"", length: bytes | None = None,
@@ -300,6 +300,42 @@ def test_messages_of_other_streams_wait_for_take_other():
     assert a.take_other() == []
 
 
+def test_bytes_held_over_all_streams_are_bounded_cutting_the_oldest_first():
+    big = sip(b"INVITE sip:b@h SIP/2.0", "big", length=b"500000")
+    a = TcpMessageAssembler(max_buffered=1 << 20)
+    keys = [("10.0.1.%d" % i, 40000 + i, "10.0.0.2", 5060) for i in range(8)]
+    for i, key in enumerate(keys):  # eight streams announcing 500 kB, 200 kB of it sent
+        assert assembled(a, segments(key, big + b"x" * 200_000, 20_000, ts=i * 10**6)) == []
+        assert a.buffered <= 1 << 20
+    # The oldest were cut; each cut message's rest is skipped exactly, and the message
+    # after it comes out whole, while the newest streams still hold theirs.
+    assert a.stats["buffer_cuts"] == 3 and a.stats["buffer_cut_bytes"] > 3 * 200_000
+    rest = b"y" * (len(big) + 500_000 - len(big) - 200_000)
+    src, sport, dst, dport = keys[0]
+    first = TransportPacket(10**9, TCP, 4, src, sport, dst, dport, rest + OK,
+                            101 + len(big) + 200_000, ACK | PSH)
+    assert [raw for _, _, raw in a.feed(first)] == [OK]
+    src, sport, dst, dport = keys[7]
+    last = TransportPacket(10**9, TCP, 4, src, sport, dst, dport, rest,
+                           101 + len(big) + 200_000, ACK | PSH)
+    assert [raw for _, _, raw in a.feed(last)] == [big + b"x" * 200_000 + rest]
+    assert a.stats["buffer_cuts"] == 3
+
+
+def test_a_stream_completing_messages_is_younger_than_one_that_does_not():
+    big = sip(b"INVITE sip:b@h SIP/2.0", "big", length=b"900000")
+    a = TcpMessageAssembler(max_buffered=600_000)
+    assembled(a, segments(SERVER, INVITE + INVITE[:50], 10_000))  # part of a second one
+    assembled(a, segments(CLIENT, big + b"x" * 500_000, 20_000))  # a slow, large one
+    src, sport, dst, dport = SERVER  # completes its message and starts another
+    a.feed(TransportPacket(5, TCP, 4, src, sport, dst, dport, INVITE[50:] + INVITE[:50],
+                           101 + len(INVITE) + 50, ACK | PSH))
+    src, sport, dst, dport = CLIENT
+    a.feed(TransportPacket(6, TCP, 4, src, sport, dst, dport, b"x" * 300_000,
+                           101 + len(big) + 500_000, ACK | PSH))
+    assert a.stats["buffer_cuts"] == 1 and a.buffered == 50  # the slow one was cut
+
+
 def test_sip_over_websocket_after_the_http_upgrade():
     a = TcpMessageAssembler()
     upgrade = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -314,6 +350,19 @@ def test_sip_over_websocket_after_the_http_upgrade():
     assert [(t, raw) for _, t, raw in out] == [("ws", INVITE), ("ws", TRYING), ("ws", OK)]
     assert a.stats["ws_streams"] == 2 and a.stats["ws_messages"] == 3
     assert a.stats["ws_non_sip"] == 1
+
+
+def test_websocket_inflate_state_counts_against_the_bound():
+    accept = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Protocol: sip\r\n\r\n")
+    deflater = zlib.compressobj(wbits=-15)
+    compressed = deflater.compress(OK) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    stream = accept + ws_frame(compressed[:-4], rsv1=True)
+    a = TcpMessageAssembler(max_buffered=100 * INFLATE_STATE)
+    keys = [("10.0.2.%d" % i, 5060, "10.0.0.1", 40000 + i) for i in range(101)]
+    for key in keys:  # each keeps a zlib context for the messages to come
+        assert [raw for _, _, raw in assembled(a, segments(key, stream, 1400))] == [OK]
+    assert a.stats["buffer_cuts"] == 1 and a.buffered == 100 * INFLATE_STATE
 
 
 def test_a_websocket_upgrade_without_the_sip_subprotocol_is_not_sip():

@@ -195,9 +195,11 @@ def test_the_first_of_repeated_single_headers_counts():
     assert (msg.call_id, msg.cseq_num) == ("first", 1)
 
 
-def test_non_utf8_values_are_replaced_not_fatal():
-    msg = parse_message(reply(b"Call-ID: caf\xe9@h", b"From: <sip:a@b>;tag=\xff"))
-    assert (msg.call_id, msg.from_tag) == ("caf\ufffd@h", "\ufffd")
+def test_non_utf8_call_id_and_tag_keep_their_bytes():
+    msg = parse_message(reply(b"Call-ID: caf\xe9@h", b"From: <sip:a@b>;tag=\xff",
+                              b"To: <sip:b@c>;tag=\xfe"))
+    assert (msg.call_id, msg.from_tag, msg.to_tag) == ("caf\udce9@h", "\udcff", "\udcfe")
+    assert msg.call_id.encode("utf-8", "surrogateescape") == b"caf\xe9@h"
 
 
 # --- what is tolerated, and said ---------------------------------------------------

@@ -16,7 +16,7 @@ DEAD_PG = "postgresql://postgres:pw@127.0.0.1:1/nowhere"  # nothing listens on p
 
 texts = st.text(max_size=40)
 rows_strategy = st.lists(st.builds(
-    TraceRow, st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1)),
+    TraceRow, st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1)).map(str),
     texts, texts, st.binary(max_size=300), texts, texts, texts, texts, texts, texts), max_size=20)
 
 

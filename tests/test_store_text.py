@@ -127,3 +127,71 @@ def test_mysql_literals_do_not_depend_on_the_sql_mode(tmp_path):
         admin.close()
         store.close()
         db.drop()
+
+
+# Call-IDs and tags that are not UTF-8, from a capture to each real database and back
+# through the read commands. The Call-ID also holds a genuine U+EF00 (EE BC 80), which
+# the escape must keep apart from the bytes it stands for.
+ODD_CALLID = b"1-\xff\xe9\xee\xbc\x80~@127.0.0.1"
+ODD_TAG = b"\xfe8455SIPpTag001"
+
+
+def odd_capture(path):
+    """kamailio-udp.pcap with call 1's Call-ID and From tag made of odd bytes (same
+    lengths: the UDP and IP lengths hold)."""
+    import struct
+
+    from conftest import PCAPS
+    from siptrace.capture.files import CaptureFile
+
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)]
+    for ts, _, data in CaptureFile(PCAPS / "kamailio-udp.pcap"):
+        data = data.replace(b"1-28455@127.0.0.1", ODD_CALLID).replace(b"28455SIPpTag001", ODD_TAG)
+        sec, ns = divmod(ts, 10**9)
+        out.append(struct.pack("<IIII", sec, ns // 1000, len(data), len(data)) + data)
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def siptrace_bytes(*args) -> bytes:
+    """A siptrace command's standard output; str arguments may hold surrogates (bytes)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "siptrace", *args], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_call_ids_and_tags_keep_their_bytes_through_storage_and_the_read_commands(
+        any_db, tmp_path):
+    import os
+
+    from siptrace.capture.files import CaptureFile
+
+    capture = odd_capture(tmp_path / "odd.pcap")
+    url = ["--db-url", any_db.url]
+    siptrace_bytes("replay", str(capture), *url)
+    stored = any_db.query("SELECT callid, fromtag FROM sip_trace ORDER BY id")
+    odd = [(text_to_msg(c), text_to_msg(t)) for c, t in stored if text_to_msg(c) == ODD_CALLID]
+    assert len(odd) == 13  # the call's 13 messages, none with U+FFFD
+    assert {t for _, t in odd} >= {ODD_TAG}
+    assert all("\ufffd" not in c + t for c, t in stored)
+
+    callid = os.fsdecode(ODD_CALLID)  # as a shell passes the bytes
+    shown = siptrace_bytes("show", "--callid", callid, "--limit", "50", *url)
+    assert shown.count(ODD_CALLID) == 13
+    for rebuilt in (False, True):  # the index kept by replay, then by `siptrace index`
+        if rebuilt:
+            siptrace_bytes("index", "--rebuild", *url)
+        assert ODD_CALLID in siptrace_bytes("calls", "--callid", callid, *url)
+        assert ODD_CALLID in siptrace_bytes("calls", "--callid", os.fsdecode(b"1-\xff*"),
+                                            "--csv", *url)
+    assert b"13 messages" in siptrace_bytes("flow", callid, *url)
+    exported = tmp_path / "call.pcap"
+    siptrace_bytes("export", callid, "-o", str(exported), *url)
+    messages = [data[42:] for _, _, data in CaptureFile(exported)]
+    assert len(messages) == 13
+    assert all(b"Call-ID: " + ODD_CALLID + b"\r\n" in m for m in messages)
+    assert b"tag=" + ODD_TAG in messages[0]

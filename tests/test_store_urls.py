@@ -61,3 +61,18 @@ def test_mysql_sql_mode_is_not_a_url_option():
     with pytest.raises(ConfigError) as err:
         TraceStore("mysql://u:s3cr3t-pw@127.0.0.1/db?sql_mode=NO_BACKSLASH_ESCAPES")
     assert "sql_mode" in str(err.value) and "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("password", ["pa ss", "pa/ss", "pa#ss", "pa?ss", "pa@ss", "pa%ss",
+                                      "pa[ss"])
+def test_unencoded_reserved_characters_are_refused_without_the_password(password):
+    with pytest.raises(ConfigError) as err:
+        TraceStore(f"mysql://u:{password}@127.0.0.1/db")
+    assert str(err.value) == ("db_url mysql://u:***@127.0.0.1/db has a character in its user "
+                              "or password that must be percent-encoded (/ %2F, ? %3F, # %23, "
+                              "@ %40, space %20, % %25)")
+
+
+def test_the_same_password_percent_encoded_is_accepted():
+    parsed = parse_db_url("mysql://u:pa%20s%2Fs%23x%3Fy%40z%25@127.0.0.1/db")
+    assert parsed.password == "pa s/s#x?y@z%" and parsed.database == "db"

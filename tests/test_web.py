@@ -67,7 +67,7 @@ def hostile_rows() -> list[TraceRow]:
     reason = f"Busy {HOSTILE}\"'"
 
     def row(ms, callid, msg, method, status, src, dst):
-        return TraceRow(start + timedelta(milliseconds=ms), callid, "", msg, method, status,
+        return TraceRow(str(start + timedelta(milliseconds=ms)), callid, "", msg, method, status,
                         src, dst, "t1", "in")
     a, b, proxy = "udp:10.9.9.9:5060", "udp:10.0.0.2:5060", "udp:10.0.0.1:5060"
     xcid = f"X-CID: {EVIL_CALLID}\r\n"

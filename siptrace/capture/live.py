@@ -70,8 +70,19 @@ ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 MAX_BATCH = 512  # packets read from one socket before looking at the others
 KERNEL_STATS_EVERY_NS = 1_000_000_000
 
-# Fragments that carry no port: non-first IPv4 fragments, IPv6 fragment header first.
-FRAGMENTS = "(ip[6:2] & 0x1fff != 0) or (ip6 and ip6[6] == 44)"
+# Fragments that carry no port: non-first IPv4 fragments; IPv6 packets whose first next
+# header is an extension header (RFC 8200 section 4: hop-by-hop 0, routing 43, fragment
+# 44, destination options 60, AH 51), so a fragment header after others passes too, in any
+# order (BPF cannot walk the chain; such packets are rare, the decoder walks it), and so
+# does UDP/TCP behind them, which libpcap's "udp port" does not see.
+FRAGMENTS = ("(ip[6:2] & 0x1fff != 0) or (ip6 and (ip6[6] == 44 or ip6[6] == 0 "
+             "or ip6[6] == 43 or ip6[6] == 60 or ip6[6] == 51))")
+# Encapsulations whose inner addresses a BPF filter cannot reach: passed whole, the
+# decoder opens them and keeps the SIP it finds. GRE (ERSPAN, IP or Ethernet inside),
+# IP-in-IP, and the UDP tunnels by destination port: GTP-U, VXLAN, Geneve, HEP.
+TUNNELS = ("ip proto 47 or ip6 proto 47 or ip proto 4 or ip proto 41 or ip6 proto 4 "
+           "or ip6 proto 41 or udp dst port 2152 or udp dst port 4789 "
+           "or udp dst port 6081 or udp dst port 9060")
 
 
 def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),
@@ -81,8 +92,9 @@ def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),
     ``proxies`` are ``(ip, port)`` pairs (either may be None). With an address, all
     of its TCP is kept too: the proxy opens outgoing SIP/TCP connections from
     ephemeral ports (content detection drops the streams that are not SIP).
-    IP fragments always pass. ``exclude`` lists destinations never captured:
-    mirror targets (no loops), the database server.
+    SCTP is kept like UDP (SIP over SCTP, RFC 4168). IP fragments, IPv6 extension
+    headers and tunnels (TUNNELS) always pass. ``exclude`` lists destinations never
+    captured: mirror targets (no loops), the database server.
     """
     ports_by_host: dict[str | None, set[int | None]] = {}
     for host, port in proxies:
@@ -90,16 +102,17 @@ def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),
     clauses = []
     for host, ports in ports_by_host.items():
         if host is None:
-            clauses += [f"port {p}" if p else "udp or tcp" for p in sorted(ports, key=str)]
+            clauses += [f"port {p}" if p else "udp or tcp or sctp"
+                        for p in sorted(ports, key=str)]
             continue
         if None in ports:
-            clauses.append(f"host {host} and (udp or tcp)")
+            clauses.append(f"host {host} and (udp or tcp or sctp)")
         else:
-            udp = " or ".join(f"udp port {p}" for p in sorted(ports))
+            udp = " or ".join(f"udp port {p} or sctp port {p}" for p in sorted(ports))
             clauses.append(f"host {host} and ({udp} or tcp)")
     if not clauses:
-        clauses.append("udp or tcp")
-    keep = " or ".join(f"({c})" for c in clauses + [FRAGMENTS])
+        clauses.append("udp or tcp or sctp")
+    keep = " or ".join(f"({c})" for c in clauses + [FRAGMENTS, TUNNELS])
     drops = [f"not (dst host {_bare_ip(h)}" + (f" and dst port {p})" if p else ")")
              for h, p in exclude]
     return " and ".join([f"({keep})"] + drops)

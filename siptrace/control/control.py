@@ -5,6 +5,11 @@ A request is a JSON object ``{"command": "sip_trace", "args": ["on"]}`` or plain
 words ``sip_trace on`` (for socat/nc users). Commands (case-insensitive, like the
 module's MI command): ``on``, ``off``, ``sip_trace on|off``, ``status``, ``help``.
 Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+
+Each request line must arrive whole within REQUEST_TIMEOUT_S of the connection or of
+the previous reply, however slowly its bytes trickle in; with MAX_CLIENTS connections
+open, a new one closes the one waiting longest for its line, so that slow or idle
+clients never lock `siptrace status` out.
 """
 
 import json
@@ -12,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from typing import Callable
 
@@ -21,8 +27,8 @@ from siptrace.errors import ControlError
 
 MAX_LINE = 4096  # a request line; longer is garbage
 MAX_REPLY = 1 << 20  # what the client reads of a reply
-MAX_CLIENTS = 8  # connections served at once; more are told to retry
-IDLE_TIMEOUT_S = 5.0
+MAX_CLIENTS = 8  # connections served at once; a new one evicts the oldest request
+REQUEST_TIMEOUT_S = 5.0  # a whole request line, not one read
 COMMANDS = ("on", "off", "sip_trace on|off", "status", "help")
 SWITCH_WORDS = {"on": True, "off": False}
 
@@ -35,7 +41,7 @@ class ControlServer(UnixSocketServer):
     ``switch(on)`` turns tracing on or off; ``status()`` returns a JSON-ready dict
     (trace state and counters). Both run in a connection thread: they must be
     thread-safe. Replies are passed through ``siptrace.redact.redact`` as a last guard
-    against passwords. ``stats``: connections, commands, errors, busy.
+    against passwords. ``stats``: connections, commands, errors, timeouts, evicted.
     """
 
     KIND = socket.SOCK_STREAM
@@ -47,7 +53,8 @@ class ControlServer(UnixSocketServer):
         self.switch = switch
         self.status = status
         self.stats: Counter = Counter()
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._lock = threading.Lock()
+        self._waiting: dict[socket.socket, float] = {}  # connection -> its request's start
 
     def _prepare(self, sock: socket.socket) -> None:
         sock.listen(MAX_CLIENTS)
@@ -65,24 +72,36 @@ class ControlServer(UnixSocketServer):
                 conn.close()
                 break
             self.stats["connections"] += 1
-            if not self._slots.acquire(blocking=False):
-                self.stats["busy"] += 1
-                _send(conn, {"ok": False, "error": "busy: too many control connections"})
-                conn.close()
-                continue
+            with self._lock:
+                if len(self._waiting) >= MAX_CLIENTS:
+                    self._evict(min(self._waiting, key=self._waiting.get))
+                self._waiting[conn] = time.monotonic()
             threading.Thread(target=self._serve, args=(conn,), name="siptrace-control-conn",
                              daemon=True).start()
 
+    def _evict(self, conn: socket.socket) -> None:
+        """Make room (under ``_lock``): the connection's thread sees EOF and ends."""
+        del self._waiting[conn]
+        self.stats["evicted"] += 1
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
     def _serve(self, conn: socket.socket) -> None:
         try:
-            conn.settimeout(IDLE_TIMEOUT_S)
             buffer = b""
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
             while not self._stop.is_set():
                 newline = buffer.find(b"\n")
                 if newline < 0:
                     if len(buffer) > MAX_LINE:
                         self._refuse_line(conn)
                         return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout
+                    conn.settimeout(remaining)
                     chunk = conn.recv(MAX_LINE)
                     if not chunk:
                         return
@@ -94,11 +113,20 @@ class ControlServer(UnixSocketServer):
                     return
                 if line.strip():
                     _send(conn, self.handle(line))
+                    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+                    with self._lock:
+                        if conn in self._waiting:
+                            self._waiting[conn] = time.monotonic()
+        except socket.timeout:
+            self.stats["timeouts"] += 1
+            _send(conn, {"ok": False, "error": f"no whole request line within "
+                                               f"{REQUEST_TIMEOUT_S:g} s"})
         except OSError:
-            pass  # the client went away or idled out
+            pass  # the client went away, or was evicted
         finally:
+            with self._lock:
+                self._waiting.pop(conn, None)
             conn.close()
-            self._slots.release()
 
     def _refuse_line(self, conn: socket.socket) -> None:
         self.stats["errors"] += 1

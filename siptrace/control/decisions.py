@@ -13,39 +13,46 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from siptrace.control.unixsock import POLL_S, UnixSocketServer
-from siptrace.correlate.decision import (MAX_DECISION_BYTES, Decision, decision_from_object,
-                                         parse_decision)
+from siptrace.correlate.decision import (MAX_DECISION_BYTES, MAX_TS_S, Decision,
+                                         decision_from_object, parse_decision,
+                                         refuse_constant)
 from siptrace.correlate.correlator import Correlator
 from siptrace.correlate.offline import DecisionReplayTracer, RecordedEvent
 from siptrace.direction import ProxyAddresses
+from siptrace.filemode import private_opener
 from siptrace.errors import ConfigError, DecodeError
 
 RECEIVE_BUFFER = 4 << 20  # SO_RCVBUF asked for: bursts of decisions while the loop is busy
 FLUSH_S = 1.0  # the recording is flushed at least this often
 MAX_RECENT_ERRORS = 8
+MAX_QUEUE_BYTES = 8 << 20  # decisions parsed, waiting for the processing loop
+MAX_LINE = 1 << 20  # characters of a recorded line: a 64 KB decision, escaped, is less
 NS = 10**9
-MAX_EPOCH_S = 10**11  # a receive time past this is garbage, not a date
 
 
 class DecisionSocket(UnixSocketServer):
     """A Unix datagram socket the proxy sends its decisions to; read in a thread.
 
     ``stats``: datagrams, decisions (queued), malformed, oversize (also malformed),
-    dropped (queue full). ``recent_errors`` keeps the last reasons a datagram was
-    refused.
+    dropped (queue full: ``max_queue`` decisions or ``max_queue_bytes`` of them).
+    ``recent_errors`` keeps the last reasons a datagram was refused.
     """
 
     KIND = socket.SOCK_DGRAM
     THREAD_NAME = "siptrace-decisions"
 
     def __init__(self, path, *, mode: int = 0o660, max_queue: int = 100_000,
+                 max_queue_bytes: int = MAX_QUEUE_BYTES,
                  recorder: "DecisionRecorder | None" = None, clock=time.time_ns,
                  key: str = "decision_socket"):
         super().__init__(path, mode, key)
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        # Bytes queued, and taken by drain(): each written by one thread only.
+        self._bytes_in = self._bytes_out = 0
         self.recorder = recorder
         self.clock = clock
         self.stats: Counter = Counter()
@@ -68,6 +75,7 @@ class DecisionSocket(UnixSocketServer):
         queue = self._queue
         count = len(queue) if limit is None else min(limit, len(queue))
         out = [queue.popleft() for _ in range(count)]
+        self._bytes_out += sum(decision.size for _, decision in out)
         if queue:
             self._ready.set()
         return out
@@ -112,11 +120,13 @@ class DecisionSocket(UnixSocketServer):
                 stats["oversize"] += 1
             self.recent_errors.append(str(exc))
             return False
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue) >= self.max_queue \
+                or self._bytes_in - self._bytes_out + decision.size > self.max_queue_bytes:
             stats["dropped"] += 1
             return False
         if self.recorder is not None:
             self.recorder.record_decision(rt_ns, decision)
+        self._bytes_in += decision.size
         self._queue.append((rt_ns, decision))
         stats["decisions"] += 1
         self._ready.set()
@@ -137,7 +147,7 @@ class DecisionRecorder:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         try:
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8", opener=private_opener)
         except OSError as exc:
             raise ConfigError(f"record_decisions: cannot open {self.path}: "
                               f"{exc.strerror}") from None
@@ -221,7 +231,12 @@ def replay_tracer(path, proxy: ProxyAddresses, **correlator_options) -> Decision
 
 def _events(handle, stats: Counter):
     with handle:
-        for line in handle:
+        while line := handle.readline(MAX_LINE):
+            if len(line) == MAX_LINE and not line.endswith("\n"):  # no decision: skip it
+                while (line := handle.readline(MAX_LINE)) and not line.endswith("\n"):
+                    pass
+                stats["bad_lines"] += 1
+                continue
             if not line.strip():
                 continue
             event = _event(line)
@@ -233,8 +248,10 @@ def _events(handle, stats: Counter):
 
 
 def _event(line: str) -> RecordedEvent | None:
+    """One line's event; None when it is not one (bad JSON or a bad decision). Numbers
+    with a fraction are read exactly (``rt``'s nanoseconds); NaN and Infinity refused."""
     try:
-        obj = json.loads(line, parse_float=Decimal)
+        obj = json.loads(line, parse_float=Decimal, parse_constant=refuse_constant)
     except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
@@ -242,28 +259,17 @@ def _event(line: str) -> RecordedEvent | None:
     rt = obj.get("rt")
     if isinstance(rt, bool) or not isinstance(rt, (int, Decimal)):
         return None
-    try:
-        if not 0 <= rt < MAX_EPOCH_S:
-            return None
-        rt_ns = int(rt * NS)
-    except InvalidOperation:  # NaN
+    if not 0 <= rt < MAX_TS_S:
         return None
+    rt_ns = int(rt * NS)
     if "decision" in obj:
+        decision = obj["decision"]
+        if isinstance(decision, dict) and isinstance(decision.get("ts"), Decimal):
+            decision["ts"] = float(decision["ts"])  # the one number with a fraction
         try:
-            return RecordedEvent(rt_ns, decision=decision_from_object(_floats(obj["decision"])))
+            return RecordedEvent(rt_ns, decision=decision_from_object(decision))
         except DecodeError:
             return None
     if isinstance(obj.get("trace_on"), bool):
         return RecordedEvent(rt_ns, trace_on=obj["trace_on"])
     return None
-
-
-def _floats(value):
-    """Decimals (read exactly for ``rt``) back to floats inside a decision."""
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    return value

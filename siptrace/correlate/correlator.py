@@ -17,8 +17,8 @@ from collections import Counter, OrderedDict, deque
 from typing import NamedTuple
 
 from siptrace.correlate.decision import Decision
-from siptrace.correlate.state import (PendingDecision, PendingMessage, SwitchHistory,
-                                      Transaction, reply_fits, unindex)
+from siptrace.correlate.state import (BRANCH_OVERHEAD, PendingDecision, PendingMessage,
+                                      SwitchHistory, Transaction, reply_fits, unindex)
 from siptrace.direction import ProxyAddresses
 
 SECOND = 1_000_000_000
@@ -34,6 +34,12 @@ TRACED_USER_AVP = 6843  # the module's traced_user_avp default (config.Settings 
 MAX_CAPTURE_LAG_NS = 10 * SECOND
 MAX_BRANCHES = 64  # forks remembered per transaction
 MAX_SWITCHES = 64  # on/off history kept to judge a message by its capture time
+MAX_TRACED_USERS = 64  # traced_user_avp values used per message (one row each)
+# Bytes held, whatever the peers send: messages waiting for their decision, and
+# decisions waiting for their message together with the transactions remembered
+# (the decision_buffer_bytes setting). Past them, the oldest entries are evicted.
+MAX_PENDING_BYTES = 32 << 20
+MAX_DECISION_BUFFER = 16 << 20
 # Tables are swept at most this often (clock time); the grace window itself is
 # checked exactly when matching, so results never depend on when sweeps ran.
 SWEEP_NS = 10_000_000
@@ -64,7 +70,8 @@ class Correlator:
     grace window), unmatched_decisions, traced_requests, traced_replies (the
     module's statistics: messages emitted, not rows), foreign_packets (neither to
     nor from the proxy), transactions, evicted_packets, evicted_decisions,
-    evicted_transactions, decisions_ignored (trace_all mode).
+    evicted_transactions (over a bound in entries or bytes), traced_users_cut (values
+    past MAX_TRACED_USERS), decisions_ignored (trace_all mode).
     """
 
     def __init__(self, proxy: ProxyAddresses | None = None, *, trace_flag: int = 0,
@@ -74,7 +81,9 @@ class Correlator:
                  completed_ttl_ns: int = COMPLETED_TTL_NS,
                  max_capture_lag_ns: int = MAX_CAPTURE_LAG_NS,
                  max_transactions: int = 100_000, max_pending_packets: int = 100_000,
-                 max_pending_decisions: int = 100_000):
+                 max_pending_decisions: int = 100_000,
+                 max_pending_bytes: int = MAX_PENDING_BYTES,
+                 max_decision_bytes: int = MAX_DECISION_BUFFER):
         self.proxy = proxy or ProxyAddresses()
         self.trace_flag = trace_flag
         self.avp_key = str(traced_user_avp) if traced_user_avp else None
@@ -86,6 +95,11 @@ class Correlator:
         self.max_transactions = max(1, max_transactions)
         self.max_pending_packets = max(1, max_pending_packets)
         self.max_pending_decisions = max(1, max_pending_decisions)
+        self.max_pending_bytes = max_pending_bytes
+        self.max_decision_bytes = max_decision_bytes
+        self._pending_bytes = 0  # of the entries in _pending (settled ones are small)
+        self._claim_bytes = 0  # of the decisions in _claims (done ones included)
+        self._txn_bytes = 0  # of the transactions
         self.stats: Counter = Counter()
         self._switches = SwitchHistory(trace_on, MAX_SWITCHES)
         self._clock = 0  # the latest now_ns seen
@@ -126,7 +140,9 @@ class Correlator:
     def sizes(self) -> dict:
         """Current table sizes (all bounded), for status output."""
         return {"pending_packets": self._waiting_packets,
-                "pending_decisions": self._waiting_claims, "transactions": len(self._txns)}
+                "pending_decisions": self._waiting_claims, "transactions": len(self._txns),
+                "pending_bytes": self._pending_bytes,
+                "decision_bytes": self._claim_bytes + self._txn_bytes}
 
     def tick(self, now_ns: int) -> list[Traced]:
         """Let time pass: expire what waited too long. Returns [] (expiry never traces)."""
@@ -140,13 +156,14 @@ class Correlator:
         if now_ns is not None:
             self._advance(now_ns)
         while self._pending:
-            self._drop_pending(self._pending.popleft(), "unclaimed_packets")
+            self._pop_pending("unclaimed_packets")
         while self._claims:
-            self._drop_claim(self._claims.popleft(), "unmatched_decisions")
+            self._pop_claim("unmatched_decisions")
         self._txns.clear()
         self._by_sent_branch.clear()
         self._long.clear()
         self._short.clear()
+        self._txn_bytes = 0
         return []
 
     def on_packet(self, wire, now_ns: int) -> list[Traced]:
@@ -178,7 +195,10 @@ class Correlator:
         if self.trace_all:
             stats["decisions_ignored"] += 1
             return []
-        users = decision.avps.get(self.avp_key, ()) if self.avp_key else ()
+        users = decision.avp_values(self.avp_key) if self.avp_key else ()
+        if len(users) > MAX_TRACED_USERS:
+            stats["traced_users_cut"] += len(users) - MAX_TRACED_USERS
+            users = users[:MAX_TRACED_USERS]
         out: list = []
         if decision.is_request:
             key = (decision.branch, decision.callid, decision.cseq_num, decision.cseq_method)
@@ -199,9 +219,11 @@ class Correlator:
         else:
             claim = PendingDecision(decision, users, now_ns, key)
             if len(self._claims) >= self.max_pending_decisions:
-                self._drop_claim(self._claims.popleft(), "evicted_decisions")
+                self._pop_claim("evicted_decisions")
+            self._fit_decisions(claim.size)
             self._claims.append(claim)
             self._waiting_claims += 1
+            self._claim_bytes += claim.size
             claims.setdefault(key, []).append(claim)
         if len(out) > 1:
             out.sort(key=_seq_of)
@@ -296,22 +318,35 @@ class Correlator:
 
     def _add_pending(self, entry: PendingMessage) -> None:
         pending = self._pending
-        if len(pending) >= self.max_pending_packets:
-            self._drop_pending(pending.popleft(), "evicted_packets")
+        while pending and (len(pending) >= self.max_pending_packets
+                           or self._pending_bytes + entry.size > self.max_pending_bytes):
+            self._pop_pending("evicted_packets")
         pending.append(entry)
+        self._pending_bytes += entry.size
         self._waiting_packets += 1
         self._pending_b0.setdefault((entry.b0, entry.callid), []).append(entry)
         if entry.b1 is not None and entry.need_out and entry.status is None:
             self._pending_b1.setdefault((entry.b1, entry.callid), []).append(entry)
 
     def _settle(self, entry: PendingMessage) -> None:
-        """Take a pending message out of the indexes once nothing more can claim it."""
+        """Take a pending message out of the indexes once nothing more can claim it;
+        until it leaves _pending, it no longer holds the message."""
         if entry.done and not entry.settled:
             entry.settled = True
             self._waiting_packets -= 1
             unindex(self._pending_b0, (entry.b0, entry.callid), entry)
             if entry.b1 is not None:
                 unindex(self._pending_b1, (entry.b1, entry.callid), entry)
+            released = entry.message_size
+            entry.size -= released
+            self._pending_bytes -= released
+            entry.wire = None
+
+    def _pop_pending(self, counter: str) -> None:
+        """Take the oldest waiting message out (``counter`` says why, if still waiting)."""
+        entry = self._pending.popleft()
+        self._drop_pending(entry, counter)  # settles it: what it holds is smaller now
+        self._pending_bytes -= entry.size
 
     def _drop_pending(self, entry: PendingMessage, counter: str) -> None:
         if entry.settled:
@@ -332,12 +367,12 @@ class Correlator:
             self._touch(txn)
             return
         if len(self._txns) >= self.max_transactions:
-            table = self._short if self._short else self._long
-            self._forget(table.popitem(last=False)[1])
-            self.stats["evicted_transactions"] += 1
+            self._evict_transaction()
         txn = Transaction(key, decision, traced, users, self._clock)
+        self._fit_decisions(txn.size)
         self.stats["transactions"] += 1
         self._txns[key] = txn
+        self._txn_bytes += txn.size
         (self._long if txn.long else self._short)[key] = txn
         self._adopt_pending(txn, out)
 
@@ -369,6 +404,8 @@ class Correlator:
         if len(txn.branches) >= MAX_BRANCHES or key in self._by_sent_branch:
             return
         txn.branches.append(branch)
+        txn.size += BRANCH_OVERHEAD + len(branch)
+        self._txn_bytes += BRANCH_OVERHEAD + len(branch)
         self._by_sent_branch[key] = txn
         clock = self._clock
         for entry in list(self._pending_b0.get((branch, txn.callid), ())):
@@ -403,6 +440,23 @@ class Correlator:
                 return entry
         return None
 
+    def _pop_claim(self, counter: str) -> None:
+        """Take the oldest waiting decision out (``counter`` says why, if still waiting)."""
+        claim = self._claims.popleft()
+        self._claim_bytes -= claim.size
+        self._drop_claim(claim, counter)
+
+    def _fit_decisions(self, size: int) -> None:
+        """Make room for ``size`` more bytes: evict the oldest waiting decisions or
+        transactions, from whichever of the two holds more."""
+        while self._claim_bytes + self._txn_bytes + size > self.max_decision_bytes:
+            if self._claims and (self._claim_bytes >= self._txn_bytes or not self._txns):
+                self._pop_claim("evicted_decisions")
+            elif self._txns:
+                self._evict_transaction()
+            else:
+                break
+
     def _drop_claim(self, claim: PendingDecision, counter: str) -> None:
         if claim.done:
             return
@@ -426,8 +480,15 @@ class Correlator:
                 del self._long[txn.key]
                 self._short[txn.key] = txn
 
+    def _evict_transaction(self) -> None:
+        """Forget the least recently active transaction, completed ones first."""
+        table = self._short if self._short else self._long
+        self._forget(table.popitem(last=False)[1])
+        self.stats["evicted_transactions"] += 1
+
     def _forget(self, txn: Transaction) -> None:
         del self._txns[txn.key]
+        self._txn_bytes -= txn.size
         for branch in txn.branches:
             self._by_sent_branch.pop((branch, txn.callid, txn.cseq_num), None)
 
@@ -460,10 +521,10 @@ class Correlator:
         self._next_sweep = clock + SWEEP_NS
         pending = self._pending
         while pending and (pending[0].settled or pending[0].deadline < clock):
-            self._drop_pending(pending.popleft(), "unclaimed_packets")
+            self._pop_pending("unclaimed_packets")
         claims = self._claims
         while claims and (claims[0].done or self._claim_expired(claims[0])):
-            self._drop_claim(claims.popleft(), "unmatched_decisions")
+            self._pop_claim("unmatched_decisions")
         for table, ttl in ((self._long, self.transaction_ttl_ns),
                            (self._short, self.completed_ttl_ns)):
             while table:
@@ -472,6 +533,7 @@ class Correlator:
                     break
                 table.popitem(last=False)
                 self._forget(txn)
+        self._fit_decisions(0)  # branches learned since the last decision
 
 
     def _claim_expired(self, claim: PendingDecision) -> bool:

@@ -1,8 +1,24 @@
-"""The correlator's table entries: transactions, messages and decisions that wait."""
+"""The correlator's table entries: transactions, messages and decisions that wait.
+
+Each entry knows about how many bytes it holds (``size``), for the byte bounds.
+"""
 
 from collections import deque
+from dataclasses import dataclass
 
 from siptrace.correlate.decision import Decision
+
+# Bytes of an entry besides its strings: objects, slots, index lists.
+MESSAGE_OVERHEAD = 800  # a waiting message's WireMessage and SipMessage, besides its bytes
+ENTRY_OVERHEAD = 200  # the PendingMessage itself and its index entries
+TRANSACTION_OVERHEAD = 600
+BRANCH_OVERHEAD = 120  # a branch learned: its string and index entry
+STRING_OVERHEAD = 60  # one traced user value
+
+
+def users_size(users: tuple[str, ...]) -> int:
+    """Bytes held by traced user values."""
+    return sum(STRING_OVERHEAD + len(u) for u in users) if users else 0
 
 
 class SwitchHistory:
@@ -36,7 +52,7 @@ class Transaction:
     """A request the proxy received, and what it sent and received on its behalf."""
 
     __slots__ = ("key", "callid", "cseq_num", "method", "traced", "users", "branches",
-                 "completed", "last_ns", "long")
+                 "completed", "last_ns", "long", "size")
 
     def __init__(self, key, decision: Decision, traced: bool, users, now_ns: int):
         self.key = key
@@ -49,30 +65,38 @@ class Transaction:
         self.completed = self.method == "ACK"  # an ACK gets no reply
         self.long = not self.completed and self.method == "INVITE"
         self.last_ns = now_ns
+        self.size = (TRANSACTION_OVERHEAD + len(decision.callid) + len(decision.branch)
+                     + users_size(users))
 
 
+@dataclass(slots=True, eq=False)
 class PendingMessage:
     """A captured message still waiting for a decision that could claim it."""
 
-    __slots__ = ("seq", "wire", "deadline", "b0", "b1", "callid", "cseq_num", "method",
-                 "status", "need_rcv", "need_out", "need_in", "claimed", "settled")
+    seq: int
+    wire: object  # the WireMessage; None once settled (its bytes let go)
+    deadline: int
+    b0: str
+    b1: str | None
+    callid: str
+    cseq_num: int
+    method: str
+    status: int | None
+    need_rcv: bool  # its own decision (it was sent to the proxy)
+    need_out: bool  # a transaction that explains it being sent
+    need_in: bool  # a transaction it is a reply to (received on a branch)
+    claimed: bool
+    settled: bool = False
+    size: int = 0
 
-    def __init__(self, seq, wire, deadline, b0, b1, callid, cseq_num, method, status,
-                 need_rcv, need_out, need_in, claimed):
-        self.seq = seq
-        self.wire = wire
-        self.deadline = deadline
-        self.b0 = b0
-        self.b1 = b1
-        self.callid = callid
-        self.cseq_num = cseq_num
-        self.method = method
-        self.status = status
-        self.need_rcv = need_rcv  # its own decision (it was sent to the proxy)
-        self.need_out = need_out  # a transaction that explains it being sent
-        self.need_in = need_in  # a transaction it is a reply to (received on a branch)
-        self.claimed = claimed
-        self.settled = False
+    def __post_init__(self):
+        self.size = (ENTRY_OVERHEAD + len(self.callid) + len(self.b0) + len(self.b1 or "")
+                     + self.message_size)
+
+    @property
+    def message_size(self) -> int:
+        """Bytes held through ``wire``, released when the entry settles."""
+        return MESSAGE_OVERHEAD + len(self.wire.sip.raw) if self.wire is not None else 0
 
     @property
     def done(self) -> bool:
@@ -82,7 +106,7 @@ class PendingMessage:
 class PendingDecision:
     """A decision waiting for the message it was made for."""
 
-    __slots__ = ("decision", "users", "rt_ns", "key", "done")
+    __slots__ = ("decision", "users", "rt_ns", "key", "done", "size")
 
     def __init__(self, decision, users, rt_ns, key):
         self.decision = decision
@@ -90,6 +114,7 @@ class PendingDecision:
         self.rt_ns = rt_ns
         self.key = key
         self.done = False
+        self.size = decision.size + users_size(users)
 
 
 def reply_fits(txn: Transaction, method: str) -> bool:

@@ -70,6 +70,15 @@ def address_pair(cache: dict, raw: bytes, convert) -> tuple[str, str]:
     return names
 
 
+def _addresses(dec, family: int, raw: bytes) -> tuple[str, str]:
+    """The packet's source and destination as text (cached per address pair), noted on
+    the decoder with the IP version."""
+    names, to_text = (dec._v4_names, ipv4_text) if family == 4 else (dec._v6_names, ipv6_text)
+    src, dst = names.get(raw) or address_pair(names, raw, to_text)
+    dec._family, dec._src, dec._dst = family, src, dst
+    return src, dst
+
+
 def ipv4(dec, data: bytes, off: int, end: int):
     """IPv4 (RFC 791). Options skipped, checksum not verified, padding stripped."""
     vihl, total, frag, proto = _IPV4_FIELDS.unpack_from(data, off)
@@ -84,11 +93,7 @@ def ipv4(dec, data: bytes, off: int, end: int):
     if off + total > end:
         raise TruncatedPacket(f"IPv4 total length {total}, {end - off} bytes captured")
     end = off + total
-    raw = data[off + 12:off + 20]
-    src, dst = dec._v4_names.get(raw) or address_pair(dec._v4_names, raw, ipv4_text)
-    dec._family = 4
-    dec._src = src
-    dec._dst = dst
+    src, dst = _addresses(dec, 4, data[off + 12:off + 20])
     off += ihl
     if frag & (IPV4_MORE_FRAGMENTS | IPV4_OFFSET_MASK):
         ident = _IPV4_IDENT.unpack_from(data, off - ihl + 4)[0]
@@ -114,11 +119,7 @@ def ipv6(dec, data: bytes, off: int, end: int):
         if start + plen > end:
             raise TruncatedPacket(f"IPv6 payload length {plen}, {end - start} bytes captured")
         end = start + plen
-    raw = data[off + 8:off + 40]
-    src, dst = dec._v6_names.get(raw) or address_pair(dec._v6_names, raw, ipv6_text)
-    dec._family = 6
-    dec._src = src
-    dec._dst = dst
+    src, dst = _addresses(dec, 6, data[off + 8:off + 40])
     off = start
     for _ in range(MAX_IPV6_EXTENSION_HEADERS):
         if nh in IPV6_OPTION_HEADERS:

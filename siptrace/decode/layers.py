@@ -2,19 +2,25 @@
 
 The link layer is chosen by link type; every layer after it by a dict lookup on
 the key the previous layer returns (an EtherType, or IP_PROTO + protocol
-number), so encapsulations nest freely: VLAN tags, PPPoE, MPLS, GRE (with IP,
-Ethernet or ERSPAN inside), IP-in-IP in any v4/v6 combination. The innermost IP
-header gives the addresses.
+number), so encapsulations nest freely: VLAN tags, PPPoE, MPLS (Ethernet
+pseudowires too), GRE (with IP, Ethernet or ERSPAN I/II/III inside), IP-in-IP in any
+v4/v6 combination. The innermost IP header gives the addresses. SCTP ends a decode
+with the user messages it completes (CarriedMessages).
+
+Tunnels over UDP (GTPv1-U, VXLAN, Geneve, HEP: tunnels.UDP_TUNNELS, by destination
+port) are opened by ``decapsulate``, which the extractor calls only for datagrams that
+are not SIP: ordinary SIP never pays for the port lookup.
 """
 
 from collections import Counter
 from struct import Struct
 from struct import error as StructError
 
-from siptrace.decode import ip, link, transport, tunnels
+from siptrace.decode import hep, ip, link, sctp, transport, tunnels
 from siptrace.decode.fragments import FragmentReassembler
 from siptrace.decode.ip import IP_PROTO
-from siptrace.decode.packet import TCP, UDP, TransportPacket
+from siptrace.decode.packet import TCP, UDP, CarriedMessages, TransportPacket
+from siptrace.decode.sctp import SctpReassembler
 from siptrace.decode.transport import TCP_HEADER, UDP_HEADER
 from siptrace.errors import DecodeError, TruncatedPacket
 
@@ -29,6 +35,8 @@ _FAST_LINKS = {link.LINKTYPE_ETHERNET: 0, link.LINKTYPE_LINUX_SLL: 2}
 _IPV4_FRAGMENTED = ip.IPV4_MORE_FRAGMENTS | ip.IPV4_OFFSET_MASK
 
 MAX_LAYERS = 24  # nesting bound: hostile packets cannot loop or recurse
+MAX_UDP_TUNNELS = 4  # UDP tunnels opened inside one another, per packet
+IPPROTO_SCTP = 132
 
 LAYERS = {
     ip.ETH_IPV4: ip.ipv4,
@@ -48,6 +56,7 @@ LAYERS = {
     IP_PROTO + ip.IPPROTO_GRE: tunnels.gre,
     IP_PROTO + UDP: transport.udp,
     IP_PROTO + TCP: transport.tcp,
+    IP_PROTO + IPPROTO_SCTP: sctp.sctp,
 }
 
 
@@ -61,14 +70,24 @@ class PacketDecoder:
     ``stats`` counts: packets, udp, tcp, non_ip, other_proto, unknown_linktype,
     esp, truncated, malformed, ip_length_zero (offload-captured packets),
     fragments, reassembled, fragments_duplicate, fragments_timed_out,
-    fragments_overflow, fragments_malformed.
+    fragments_overflow, fragments_malformed; sctp and hep (packets: a fate each, like
+    udp and tcp). Kinds seen, not fates: gtpu, vxlan, geneve, erspan_i, erspan_ii,
+    erspan_iii, mpls_pw, mpls_pw_control_word; skipped: gtpu_signalling, gtpu_not_gtpu,
+    geneve_not_geneve, hep_not_hep, hep_not_sip, udp_tunnels_too_deep; SCTP chunks:
+    sctp_data_chunks, sctp_idata_chunks, sctp_other_chunks, sctp_chunks_cut,
+    sctp_chunks_malformed, and its reassembly's (siptrace.decode.sctp).
     """
 
     def __init__(self, fragment_timeout_ns: int = 30_000_000_000,
-                 max_fragment_sets: int = 4096, max_fragment_bytes: int = 16 << 20):
+                 max_fragment_sets: int = 4096, max_fragment_bytes: int = 16 << 20,
+                 max_sctp_sets: int = 1024, max_sctp_bytes: int = 4 << 20,
+                 udp_tunnels: dict | None = None):
         self._stats: Counter = Counter()
         self._fragments = FragmentReassembler(fragment_timeout_ns, max_fragment_sets,
                                               max_fragment_bytes, self._stats)
+        self._sctp = SctpReassembler(max_sctp_sets, max_sctp_bytes, self._stats)
+        # destination port -> layer; a HEP collector on another port adds it here
+        self.udp_tunnels = dict(tunnels.UDP_TUNNELS if udp_tunnels is None else udp_tunnels)
         self._v4_names: dict[bytes, tuple[str, str]] = {}  # see ip.address_pair
         self._v6_names: dict[bytes, tuple[str, str]] = {}
         # The per-packet counts are plain ints (cheaper than a Counter update).
@@ -102,10 +121,17 @@ class PacketDecoder:
             self._stats["unknown_linktype"] += 1
             return None
         self._ts = ts_ns
-        stats = self._stats
         try:
             key, off = link_layer(data)
-            end = len(data)
+        except (StructError, IndexError):
+            self._stats["truncated"] += 1
+            raise TruncatedPacket(f"packet of {len(data)} bytes ends inside a header") from None
+        return self._walk(key, data, off, len(data))
+
+    def _walk(self, key: int, data: bytes, off: int, end: int):
+        """The layers from ``key`` at ``off`` on; counts the packet's fate."""
+        stats = self._stats
+        try:
             for _ in range(MAX_LAYERS):
                 layer = LAYERS.get(key)
                 if layer is None:
@@ -117,9 +143,9 @@ class PacketDecoder:
                         pass
                     elif step.proto == UDP:
                         self._udp += 1
-                    else:
+                    elif step.proto == TCP:
                         self._tcp += 1
-                    return step
+                    return step  # CarriedMessages: counted by their layer (sctp, hep)
                 key, data, off, end = step
             raise DecodeError(f"more than {MAX_LAYERS} nested layers")
         except (StructError, IndexError):
@@ -163,8 +189,91 @@ class PacketDecoder:
                                    data[l4 + header_len:l3 + total], seq, offset_flags & 0xFF)
         return None
 
+    def decapsulate(self, pkt: TransportPacket) -> tuple | None:
+        """A UDP datagram whose payload is not SIP: when its destination port is a UDP
+        tunnel's (``udp_tunnels``) and the payload that tunnel's, the packet inside,
+        decoded as ``decode`` would, as a tuple of 0 or 1 TransportPacket or
+        CarriedMessages; tunnels in tunnels are opened too. None: not a tunnel, the
+        datagram stays what it is. The datagram's fate becomes the inner packet's
+        (udp, tcp, fragment held, cut short...). Never raises: a bad inner packet is
+        counted (truncated, malformed)."""
+        ports = self.udp_tunnels
+        layer = ports.get(pkt.dport)
+        if layer is None:
+            return None
+        self._ts = pkt.ts_ns
+        self._family, self._src, self._dst = pkt.family, pkt.src, pkt.dst
+        first = pkt
+        for _ in range(MAX_UDP_TUNNELS):
+            data = pkt.payload
+            try:
+                step = layer(self, data, 0, len(data))
+            except (StructError, IndexError, TruncatedPacket):
+                self._udp -= 1  # the datagram's fate: cut short inside the tunnel header
+                self._stats["truncated"] += 1
+                return ()
+            except DecodeError:
+                self._udp -= 1
+                self._stats["malformed"] += 1
+                return ()
+            if step is tunnels.NOT_TUNNEL:
+                return None if pkt is first else (pkt,)
+            self._udp -= 1  # the datagram's fate is what the tunnel holds
+            if step.__class__ is not tuple:
+                return (step,)  # HEP's CarriedMessages
+            try:
+                inner = self._walk(*step)
+            except DecodeError:  # counted by _walk
+                return ()
+            if inner is None:
+                return ()
+            if inner.proto != UDP:
+                return (inner,)
+            layer = ports.get(inner.dport)
+            if layer is None:
+                return (inner,)
+            pkt = inner
+        self._stats["udp_tunnels_too_deep"] += 1
+        return (pkt,)
+
+    def decode_hep(self, ts_ns: int, data: bytes) -> CarriedMessages | None:
+        """A HEP packet received by a HEP listener (``hep_listen``), not captured: its SIP
+        message, or None. Counted apart from captured packets (hep_received,
+        hep_received_not_sip, hep_received_not_hep, hep_received_malformed), so it is
+        no packet's fate. ``ts_ns`` (receive time) dates HEPv1, which carries none."""
+        self._ts = ts_ns
+        stats = self._stats
+        try:
+            found = hep.read_hep(self, data, 0, len(data))
+        except (StructError, IndexError, DecodeError):
+            stats["hep_received_malformed"] += 1
+            return None
+        if found is tunnels.NOT_TUNNEL:
+            stats["hep_received_not_hep"] += 1
+            return None
+        if found is None:
+            stats["hep_received_not_sip"] += 1
+            return None
+        stats["hep_received"] += 1
+        return found
+
+    def _carried(self, transport: str, sport: int, dport: int,
+                 messages: list[bytes]) -> CarriedMessages:
+        """The packet's message-oriented payloads (SCTP user messages), with its
+        addresses and time."""
+        head = (self._ts, transport, self._family, self._src, sport, self._dst, dport)
+        return CarriedMessages([head + (raw,) for raw in messages])
+
+    def _carried_one(self, ts_ns: int, transport: str, family: int, src: str, sport: int,
+                     dst: str, dport: int, raw: bytes) -> CarriedMessages:
+        """One message with addresses and time of its own (HEP)."""
+        return CarriedMessages([(ts_ns, transport, family, src, sport, dst, dport, raw)])
+
     def expire(self, now_ns: int | None = None) -> int:
-        """Time out incomplete fragment sets (all of them when now_ns is None)."""
+        """Time out incomplete fragment sets (all of them when now_ns is None), SCTP's
+        held user-message fragments too."""
+        if self._sctp.sets:
+            self._sctp.expire(now_ns)
         return self._fragments.expire(now_ns)
 
     @property

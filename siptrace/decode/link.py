@@ -152,11 +152,34 @@ def ppp(dec, data: bytes, off: int, end: int):
 
 
 def mpls(dec, data: bytes, off: int, end: int):
-    """MPLS label stack (RFC 3032); IP under the bottom label, by its version."""
+    """MPLS label stack (RFC 3032). Under the bottom label: IP by its version nibble
+    (4, 6), else an Ethernet pseudowire (RFC 4448) with a control word (first nibble 0,
+    RFC 4385) or without one, as Wireshark's "CW heuristic" tells them apart: the one
+    whose EtherType is one this decoder knows."""
     unpack = _U32.unpack_from
     while off < end:
         entry = unpack(data, off)[0]
         off += 4
         if entry & MPLS_BOTTOM_OF_STACK:
-            return IP_VERSION_TO_ETHERTYPE.get(data[off] >> 4, NOT_IP), data, off, end
+            nibble = data[off] >> 4
+            if nibble == 4 or nibble == 6:
+                return IP_VERSION_TO_ETHERTYPE[nibble], data, off, end
+            if nibble == 0 and _ethernet_follows(data, off + 4, end):
+                dec._stats["mpls_pw_control_word"] += 1
+                return ETH_BRIDGED, data, off + 4, end
+            if _ethernet_follows(data, off, end):
+                dec._stats["mpls_pw"] += 1
+                return ETH_BRIDGED, data, off, end
+            return NOT_IP, data, off, end
     raise DecodeError("MPLS label stack without a bottom label")
+
+
+# EtherTypes that make bytes after an MPLS label look like an Ethernet frame.
+PSEUDOWIRE_ETHERTYPES = frozenset((ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_QINQ_OLD,
+                                   ETH_PPPOE_SESSION, ETH_MPLS, ETH_MPLS_MULTICAST,
+                                   0x0806))  # ARP
+
+
+def _ethernet_follows(data: bytes, off: int, end: int) -> bool:
+    return (off + ETHERNET_HEADER_LEN <= end
+            and _U16.unpack_from(data, off + 12)[0] in PSEUDOWIRE_ETHERTYPES)

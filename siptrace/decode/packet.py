@@ -31,3 +31,16 @@ class TransportPacket:
     payload: bytes
     seq: int = 0
     flags: int = 0
+
+
+CARRIED = 0  # CarriedMessages.proto: neither UDP nor TCP
+
+
+@dataclass(slots=True)
+class CarriedMessages:
+    """Whole messages a packet delivered through a message-oriented carrier: SCTP user
+    messages (RFC 4168) or HEP payloads. Each is ``(ts_ns, transport, family, src,
+    sport, dst, dport, raw)``: HEP carries its own time, addresses and transport."""
+
+    messages: list[tuple[int, str, int, str, int, str, int, bytes]]
+    proto: int = CARRIED

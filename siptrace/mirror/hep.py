@@ -38,7 +38,7 @@ CHUNK_CORRELATION_ID = 0x0011  # bytes
 
 HEP_FAMILY = {4: 2, 6: 10}  # the BSD/Linux AF_INET/AF_INET6 values the spec uses
 SOCKET_FAMILY = {4: AF_INET, 6: AF_INET6}
-IP_PROTOCOL = {"udp": 17, "tcp": 6, "ws": 6}  # IANA numbers; WebSocket rides on TCP
+IP_PROTOCOL = {"udp": 17, "tcp": 6, "ws": 6, "sctp": 132}  # IANA numbers; WebSocket rides on TCP
 PROTO_TYPE_SIP = 1
 DEFAULT_CAPTURE_ID = 1  # Kamailio siptrace's hep_capture_id default
 
@@ -81,7 +81,7 @@ def encode_hep3(wire, capture_id: int = DEFAULT_CAPTURE_ID,
                 auth_key: bytes | str | None = None) -> bytes:
     """One HEPv3 packet for a wire message (``extract.WireMessage`` or alike).
 
-    Carries family, IP protocol (TCP for "tcp" and "ws"), addresses, ports, the
+    Carries family, IP protocol (TCP for "tcp" and "ws", SCTP for "sctp"), addresses, ports, the
     capture time (seconds, microseconds), protocol type SIP, ``capture_id``, the
     optional ``auth_key``, the exact message bytes, and the Call-ID as correlation id
     (omitted when empty). Raises ValueError for a message HEP cannot carry: unknown

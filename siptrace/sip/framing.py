@@ -30,6 +30,25 @@ _CONTENT_LENGTH_LINE = b"\nContent-Length:"
 _CONTENT_LENGTH_ANY = re.compile(rb"\n[ \t]*(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 
 
+
+def held_then(held, data: bytes):
+    """The bytes to frame: ``data`` after those ``held`` from earlier segments (held is
+    a bytearray, extended in place, when not empty), or ``data`` itself."""
+    if held:
+        held += data
+        return held
+    return data
+
+
+def held_after(buf, held, pos: int):
+    """What to hold once ``buf`` (from ``held_then``) is framed up to ``pos``."""
+    if pos >= len(buf):
+        return b""
+    if buf is held:
+        del buf[:pos]
+        return buf
+    return bytearray(buf[pos:])
+
 class SipStreamFramer:
     """Bytes of one stream direction in, whole SIP messages out; buffers capped.
 
@@ -78,11 +97,7 @@ class SipStreamFramer:
             data = data[self._discard:]
             stats["bytes_skipped"] += self._discard
             self._discard = 0
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data
+        buf = held_then(self._buf, data)
         out = []
         pos, n = 0, len(buf)
         while pos < n:
@@ -139,6 +154,16 @@ class SipStreamFramer:
         """End of the stream: a message still incomplete is counted as such."""
         self._lose()
 
+    def cut(self) -> None:
+        """Drop what is buffered (a bound over all streams ran out): the rest of a
+        message of known length is skipped exactly, else the next start line is sought."""
+        if self._need:
+            self._discard = self._need - len(self._buf)
+        else:
+            self._synced = False
+        self._buf = b""
+        self._need = self._scan = 0
+
     def _lose(self) -> None:
         """Drop what is buffered; count it when it was the start of a message."""
         if self._synced and (self._need or self._buf.strip(b"\r\n")):
@@ -150,12 +175,7 @@ class SipStreamFramer:
 
     def _keep(self, buf, pos: int) -> None:
         """Hold the bytes from ``pos`` for the next segment."""
-        if pos >= len(buf):
-            self._buf = b""
-        elif buf is self._buf:
-            del buf[:pos]
-        else:
-            self._buf = bytearray(buf[pos:])
+        self._buf = held_after(buf, self._buf, pos)
 
     def _measure(self, buf, pos: int, n: int) -> int:
         """Length of the message at ``pos``; 0 when more bytes are needed; ``-p``

@@ -17,19 +17,29 @@ _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")  # RFC 3986 section 2.1
 
 def header_section(raw: bytes) -> bytes:
     """The header lines of a message, start line excluded, folded lines joined."""
+    return _header_lines(raw)[1:]
+
+
+def _header_lines(raw: bytes) -> bytes:
+    """``header_section`` after the newline that ends the start line: every header line
+    then follows a newline, which a pattern can look for first."""
     end = raw.find(b"\r\n\r\n")
-    lf_end = raw.find(b"\n\n")
-    if end < 0 or 0 <= lf_end < end:
+    lf_end = raw.find(b"\n\n", 0, end if end >= 0 else len(raw))
+    if lf_end >= 0:
         end = lf_end
-    head = raw if end < 0 else raw[:end]
-    head = head.partition(b"\n")[2]
-    return _FOLD.sub(b" ", head) if b"\n " in head or b"\n\t" in head else head
+    newline = raw.find(b"\n")
+    if newline < 0 or 0 <= end < newline:
+        return b"\n"
+    head = raw[newline:end] if end >= 0 else raw[newline:]
+    if b"\n " in head or b"\n\t" in head:
+        return b"\n" + _FOLD.sub(b" ", head[1:])
+    return head
 
 
 def find_headers(raw: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
     """The first value of each of ``names`` (lower-case long forms) present in ``raw``."""
     found: dict[str, bytes] = {}
-    for name, value in _header_pattern(names).findall(header_section(raw)):
+    for name, value in _header_pattern(names).findall(_header_lines(raw)):
         name = name.rstrip().lower()
         key = COMPACT_FORMS.get(name, name).decode()
         if key not in found:
@@ -39,11 +49,12 @@ def find_headers(raw: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
 
 @lru_cache(maxsize=16)
 def _header_pattern(names: tuple[str, ...]) -> re.Pattern:
-    """One scan for the lines of these headers, long or compact form, any case."""
+    """One scan for the lines of these headers, long or compact form, any case. It
+    starts with a newline, the fast first step of the search (not so ``^`` with re.M)."""
     spellings = {name.encode() for name in names}
     spellings |= {short for short, long in COMPACT_FORMS.items() if long in spellings}
     choice = b"|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True))
-    return re.compile(rb"^[ \t]*(" + choice + rb")[ \t]*:([^\n]*)", re.I | re.M)
+    return re.compile(rb"\n[ \t]*(?i:(" + choice + rb"))[ \t]*:([^\n]*)")
 
 
 def name_addr(value: bytes) -> tuple[str, str]:

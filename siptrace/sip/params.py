@@ -7,14 +7,15 @@ _BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t\r]*)", re.I)
 
 
 def header_tag(value: bytes) -> str:
-    """The tag parameter of a From/To value (after the <URI> when there is one)."""
+    """The tag parameter of a From/To value (after the <URI> when there is one);
+    undecodable bytes kept as surrogates (surrogateescape), as in the Call-ID."""
     i = value.rfind(b";tag=")
     if i < 0 or value.find(b">", i) >= 0:
         gt = value.rfind(b">")
         m = _TAG.search(value, gt + 1)
-        return m.group(1).decode("utf-8", "replace") if m else ""
+        return m.group(1).decode("utf-8", "surrogateescape") if m else ""
     tag = value[i + 5:].partition(b";")[0].split(None, 1)
-    return tag[0].decode("utf-8", "replace") if tag else ""
+    return tag[0].decode("utf-8", "surrogateescape") if tag else ""
 
 
 def via_branch(via: bytes) -> str:

@@ -14,7 +14,10 @@ is taken as Wireshark takes it, and what was tolerated is named in
 - a header section with no empty line after it runs to the end of the bytes.
 
 When a header is repeated the first one counts, except Via where every value counts.
-Values are decoded as UTF-8, undecodable bytes replaced (as Wireshark shows them).
+Values are decoded as UTF-8. In the Call-ID and the tags, which are stored, an
+undecodable byte b becomes the lone surrogate U+DC00 + b (surrogateescape), so the
+bytes can be had back (the store escapes them: store/text.py); elsewhere it is
+replaced (as Wireshark shows it).
 
 Two paths, one header loop (``_scan``): a message with CRLF line ends and an empty line
 after its headers is split at CRLF (the common case, and the fast one); ``_scan_slow``
@@ -138,7 +141,7 @@ def parse_message(raw: bytes) -> SipMessage:
         call_id = ""
         defects += ("no Call-ID",)
     else:
-        call_id = call_id.strip().decode("utf-8", "replace")
+        call_id = call_id.strip().decode("utf-8", "surrogateescape")
     cseq_num, cseq_method = 0, ""
     if cseq is None:
         defects += ("no CSeq",)

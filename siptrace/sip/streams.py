@@ -6,10 +6,19 @@ subprotocol (or the 101 answering it) a SIP-over-WebSocket one; anything else
 (HTTP, TLS, SMB...) is not SIP and its bytes are dropped unread, until a gap. A
 stream picked up mid-way, or one with a gap, is searched for a SIP start line, for
 at most ``RESYNC_BUDGET`` bytes before it is taken for non-SIP.
+
+The bytes held over all streams (out-of-order segments, incomplete messages, heads
+not judged yet, WebSocket state) are bounded by ``max_buffered``: past it, the
+direction that has held bytes longest without completing a message is cut first
+(a peer trickling in a large Content-Length, or opening many such streams, loses
+its own messages, not everyone's memory). A cut message whose length is known has
+the rest of it skipped exactly; otherwise the framer searches for the next start
+line. Cuts are counted in ``buffer_cuts`` and ``buffer_cut_bytes``.
 """
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
+from siptrace.decode.payloads import payload_kind
 from siptrace.decode.tcp import (GAP_TIMEOUT_NS, IDLE_TIMEOUT_NS, MAX_STREAMS, StreamKey,
                                  TcpReassembler)
 from siptrace.sip.detect import MAX_START_LINE, TOKEN_TABLE, looks_like_sip, start_line_ok
@@ -20,6 +29,7 @@ from siptrace.sip.websocket import (MAX_HANDSHAKE, WebSocketDecoder, handshake_e
 RESYNC_BUDGET = 64 << 10  # bytes searched for a SIP start line before giving up
 MAX_PENDING = 10000  # messages of other streams waiting for take_other()/finish()
 MAX_PENDING_BYTES = 16 << 20  # and their bytes
+MAX_BUFFERED = 32 << 20  # bytes held over all streams (the stream_buffer_bytes setting)
 
 # What a stream direction is, as far as we know.
 _NEW, _SIP, _WS, _HANDSHAKE, _NOT_SIP = range(5)
@@ -28,13 +38,19 @@ Message = tuple[int, str, bytes]  # (ts_ns, "tcp" | "ws", raw)
 
 
 class _Direction:
-    __slots__ = ("kind", "framer", "ws", "head")
+    __slots__ = ("kind", "framer", "ws", "head", "held")
 
     def __init__(self, kind: int):
         self.kind = kind
         self.framer: SipStreamFramer | None = None
         self.ws: WebSocketDecoder | None = None
         self.head = b""  # first bytes held until the stream can be judged
+        self.held = 0  # bytes held, as last counted in the assembler's total
+
+    def size(self) -> int:
+        """Bytes held now: head, framer buffer, WebSocket buffers and state."""
+        return (len(self.head) + (self.framer.buffered if self.framer else 0)
+                + (self.ws.buffered + self.ws.state_bytes if self.ws else 0))
 
 
 class TcpMessageAssembler:
@@ -46,19 +62,25 @@ class TcpMessageAssembler:
     as ``(ts_ns, transport, raw, key)``, and ``finish()`` returns them with the rest.
     ``stats`` counts everything (see the reassembler, framer and WebSocket decoder),
     plus non_sip_streams, non_sip_bytes, ws_streams, ws_messages, ws_non_sip,
-    pending_dropped.
+    pending_dropped, buffer_cuts, buffer_cut_bytes.
     """
 
     def __init__(self, *, max_streams: int = MAX_STREAMS, max_message: int = MAX_MESSAGE,
-                 gap_timeout_ns: int = GAP_TIMEOUT_NS,
+                 max_buffered: int = MAX_BUFFERED, gap_timeout_ns: int = GAP_TIMEOUT_NS,
                  idle_timeout_ns: int = IDLE_TIMEOUT_NS, **reassembler_limits):
         self.stats = Counter()
+        self.not_sip_kinds: Counter = Counter()  # streams not SIP, by what they carry
         self.max_message = max_message
+        self.max_buffered = max_buffered
+        reassembler_limits.setdefault("max_held_total", max_buffered)
         self.reassembler = TcpReassembler(self.stats, max_streams=max_streams,
                                           gap_timeout_ns=gap_timeout_ns,
                                           idle_timeout_ns=idle_timeout_ns,
                                           **reassembler_limits)
         self._directions: dict[StreamKey, _Direction] = {}
+        # Directions holding bytes, the one longest without a completed message first.
+        self._holding: OrderedDict[StreamKey, _Direction] = OrderedDict()
+        self._held = 0  # bytes held by the directions (the reassembler counts its own)
         self._pending: list = []
         self._pending_bytes = 0
 
@@ -95,13 +117,8 @@ class TcpMessageAssembler:
 
     @property
     def buffered(self) -> int:
-        """Bytes held over all directions (framers, WebSocket decoders, heads)."""
-        total = self.reassembler.held_total
-        for d in self._directions.values():
-            total += len(d.head)
-            total += d.framer.buffered if d.framer else 0
-            total += d.ws.buffered if d.ws else 0
-        return total
+        """Bytes held over all streams: what ``max_buffered`` bounds."""
+        return self.reassembler.held_total + self._held
 
     # -- internals -----------------------------------------------------------------
 
@@ -130,7 +147,46 @@ class TcpMessageAssembler:
             if d.ws is not None:
                 d.ws.finish()
             del self._directions[key]
+            if d.held:
+                self._account(key, d, 0, False)
+        else:
+            size = d.framer.buffered if d.kind == _SIP else d.size()
+            if size != d.held or (size and out):
+                self._account(key, d, size, bool(out))
         return out
+
+    def _account(self, key, d: _Direction, size: int, progressed: bool) -> None:
+        """Keep the total and the age order: a direction is as old as the time it
+        started holding bytes, or last completed a message while holding some."""
+        grown = size > d.held
+        self._held += size - d.held
+        if not size:
+            self._holding.pop(key, None)
+        elif not d.held or progressed:
+            self._holding[key] = d
+            self._holding.move_to_end(key)
+        d.held = size
+        if grown and self._held + self.reassembler.held_total > self.max_buffered:
+            self._cut_oldest()
+
+    def _cut_oldest(self) -> None:
+        """Over the bound: cut the directions holding bytes longest until within it."""
+        stats = self.stats
+        limit = self.max_buffered - self.reassembler.held_total
+        while self._held > limit and self._holding:
+            key, d = self._holding.popitem(last=False)
+            stats["buffer_cuts"] += 1
+            stats["buffer_cut_bytes"] += d.held
+            self._held -= d.held
+            d.held = 0
+            d.head = b""
+            if d.framer is not None:
+                d.framer.cut()
+            elif d.ws is not None:  # WebSocket frames cannot be found again
+                d.ws.finish()
+                d.kind, d.ws = _NOT_SIP, None
+            else:  # a head too slow to be judged
+                d.kind = _NOT_SIP
 
     def _data(self, d: _Direction, ts: int, data: bytes, gap: bool) -> list[Message]:
         kind = d.kind
@@ -138,7 +194,7 @@ class TcpMessageAssembler:
             framer = d.framer
             messages = framer.feed(data, ts, gap)
             if not framer.synced and framer.skipped > RESYNC_BUDGET:
-                self._not_sip(d, 0)
+                self._not_sip(d)
             return [(t, "tcp", raw) for t, raw in messages]
         if kind == _NOT_SIP:
             if not gap:
@@ -156,7 +212,7 @@ class TcpMessageAssembler:
                     self.stats["ws_non_sip"] += 1
             self.stats["ws_messages"] += len(messages)
             if d.ws.broken:
-                self._not_sip(d, 0)
+                self._not_sip(d)
             return messages
         # _NEW or _HANDSHAKE: the first bytes decide.
         head = d.head + data if d.head else data
@@ -170,11 +226,11 @@ class TcpMessageAssembler:
             if start == len(head):
                 return []
             if not TOKEN_TABLE[head[start]]:
-                return self._not_sip(d, len(head))
+                return self._not_sip(d, head)
             eol = head.find(b"\n", start, start + MAX_START_LINE)
             if eol < 0:
                 if len(head) - start >= MAX_START_LINE:
-                    return self._not_sip(d, len(head))
+                    return self._not_sip(d, head)
                 d.head = head
                 return []
             line = head[start:eol]
@@ -182,16 +238,16 @@ class TcpMessageAssembler:
                 return self._to_sip(d, ts, head, synced=True)
             if not (line.startswith(b"GET ") and line.rstrip().endswith(b" HTTP/1.1")) \
                     and not line.startswith(b"HTTP/1.1 101"):
-                return self._not_sip(d, len(head))
+                return self._not_sip(d, head)
             d.kind = _HANDSHAKE
         end = handshake_end(head)
         if end < 0:
             if len(head) > MAX_HANDSHAKE:
-                return self._not_sip(d, len(head))
+                return self._not_sip(d, head)
             d.head = head
             return []
         if not is_sip_upgrade(head[:end]):
-            return self._not_sip(d, len(head))
+            return self._not_sip(d, head)
         d.kind = _WS
         d.ws = WebSocketDecoder(self.stats, max_message=self.max_message)
         self.stats["ws_streams"] += 1
@@ -203,10 +259,13 @@ class TcpMessageAssembler:
         messages = d.framer.feed(data, ts)
         return [(t, "tcp", raw) for t, raw in messages]
 
-    def _not_sip(self, d: _Direction, size: int) -> list:
+    def _not_sip(self, d: _Direction, head: bytes = b"") -> list:
+        """The direction is not SIP: what it seems to carry (by its first bytes,
+        ``head``) is counted in ``not_sip_kinds``."""
         d.kind = _NOT_SIP
         d.framer = d.ws = None
         d.head = b""
         self.stats["non_sip_streams"] += 1
-        self.stats["non_sip_bytes"] += size
+        self.stats["non_sip_bytes"] += len(head)
+        self.not_sip_kinds[payload_kind(head)] += 1
         return []

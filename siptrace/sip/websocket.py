@@ -12,7 +12,7 @@ import zlib
 from collections import Counter
 from struct import Struct
 
-from siptrace.sip.framing import MESSAGE_STEP_NS
+from siptrace.sip.framing import MESSAGE_STEP_NS, held_after, held_then
 
 # RFC 6455 section 5.2: opcodes and header bits.
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -22,6 +22,7 @@ DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 section 7.2.2
 
 MAX_WS_MESSAGE = 1 << 20
 MAX_HANDSHAKE = 16 << 10  # HTTP Upgrade request or 101 response, headers included
+INFLATE_STATE = 40 << 10  # zlib inflate state and 32 KB window, kept between messages
 
 _U16 = Struct("!H")
 _U64 = Struct("!Q")
@@ -75,6 +76,11 @@ class WebSocketDecoder:
     def buffered(self) -> int:
         return len(self._buf) + self._size
 
+    @property
+    def state_bytes(self) -> int:
+        """Memory held besides ``buffered``: the inflate state, once a message was inflated."""
+        return 0 if self._inflater is None else INFLATE_STATE
+
     def feed(self, data: bytes, ts_ns: int, gap: bool = False) -> list[tuple[int, bytes]]:
         if gap or self.broken:
             self._stop()
@@ -83,11 +89,7 @@ class WebSocketDecoder:
             skip = min(self._discard, len(data))
             self._discard -= skip
             data = data[skip:]
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data
+        buf = held_then(self._buf, data)
         out = []
         pos, n = 0, len(buf)
         stats = self.stats
@@ -150,12 +152,7 @@ class WebSocketDecoder:
                     if message is None:
                         return out
                 out.append((ts_ns + len(out) * MESSAGE_STEP_NS, message))
-        if pos >= n:
-            self._buf = b""
-        elif buf is self._buf:
-            del buf[:pos]
-        else:
-            self._buf = bytearray(buf[pos:])
+        self._buf = held_after(buf, self._buf, pos)
         return out
 
     def _inflate(self, message: bytes) -> bytes | None:

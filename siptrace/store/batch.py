@@ -11,7 +11,14 @@ the writer takes whatever is queued at once (up to max_rows) rather than waiting
 a batch to fill: a backlog makes bigger transactions, an idle database no waiting.
 Without a spool a failed batch is held in memory and retried until the database
 answers (with ``block``, also at close: nothing is given up). ``on_error(text)`` hears
-of the first failure after a success. With ``thread=False`` there is no writer thread:
+of the first failure after a success. While the server refuses connections the
+writer probes it with a connect every PROBE_EVERY s, and drains as soon as one is
+taken; other failures (the connection works, the write does not) back off.
+
+Rows the database refuses (store/tracestore.py: a CHECK, a trigger) are set aside in
+the spool directory's dead-letter file (store/deadletter.py), or counted when there
+is none, and the rest of their batch is stored; ``on_refused(text)`` hears of it, one
+line at most every REFUSED_LOG_EVERY s. With ``thread=False`` there is no writer thread:
 put() itself writes the rows as one transaction. Both siptrace writers run this class
 in their child process (store/process.py).
 """
@@ -20,15 +27,19 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from datetime import datetime, timezone
 from typing import Callable
 
 from siptrace.errors import StorageError
+from siptrace.store.deadletter import DeadLetter
 from siptrace.store.spool import Spool
 from siptrace.store.tracestore import TraceStore
 from siptrace.redact import scrub
 
-RETRY_INITIAL = 0.25  # seconds before the first reconnect attempt
+RETRY_INITIAL = 0.25  # seconds before the first retry after a failed write
 RETRY_MAX = 10.0
+PROBE_EVERY = 0.2  # seconds between connection attempts while the server refuses them
+REFUSED_LOG_EVERY = 10.0  # seconds: at most one line about refused rows this often
 SYNC_INTERVAL = 0.05  # seconds between fsyncs of records put() spooled
 IDLE_WAIT = 0.2  # seconds the writer thread sleeps at most while nothing is queued
 
@@ -40,7 +51,7 @@ class BatchWriter:
                  queue_rows: int = 100_000, spool: Spool | str | None = None,
                  spool_max_bytes: int | None = None, retry_max: float = RETRY_MAX,
                  block: bool = False, on_error: Callable[[str], None] | None = None,
-                 thread: bool = True):
+                 on_refused: Callable[[str], None] | None = None, thread: bool = True):
         self.store = store
         self.max_rows = max_rows
         self.max_delay = max_delay
@@ -52,9 +63,17 @@ class BatchWriter:
         else:
             kwargs = {} if spool_max_bytes is None else {"max_bytes": spool_max_bytes}
             self.spool = Spool(spool, **kwargs)
+        self.deadletter = (DeadLetter(self.spool.dir, self.spool.max_bytes)
+                           if self.spool is not None else None)
+        self.on_refused = on_refused
         self.retry_max = retry_max
         self.counts = Counter()
-        self.last_error = ""
+        self.last_error = self.last_error_at = ""  # cleared by the next success
+        self.last_incident = self.last_incident_at = ""  # the last error, kept
+        self.last_rejected = ""
+        self._refused_logged = 0.0  # when the last line about refused rows was given
+        self._refused_unlogged = 0
+        self._refused_now = 0  # rows of the transaction being written that were refused
         self._queue: deque = deque()
         self._queued = 0
         self._held: list | None = None  # a failed batch kept in memory when there is no spool
@@ -64,6 +83,8 @@ class BatchWriter:
         self._stopping = False
         self._abandon = False  # close() timed out: leave the rest in the spool
         self._down_until = 0.0
+        self._unreachable = False  # the last failure was a refused connection: probe
+        self._next_probe = 0.0
         self._failures = 0
         self._thread = None
         if thread:
@@ -150,6 +171,12 @@ class BatchWriter:
             "overflow": self.counts["overflow"],
             "errors": self.counts["errors"],
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "last_incident": self.last_incident,
+            "last_incident_at": self.last_incident_at,
+            "rejected": self.counts["rejected"],
+            "set_aside": self.counts["set_aside"],
+            "last_rejected": self.last_rejected,
             **{k: v for k, v in store_stats.items() if k.startswith("truncated_")},
         }
 
@@ -192,6 +219,7 @@ class BatchWriter:
     def _run(self) -> None:
         last_sync = time.monotonic()
         while True:
+            self._probe()
             if self._held is not None and not self._retry_held():
                 if self._giving_up():
                     break  # the database is still down: _final_drain counts the rest
@@ -233,6 +261,20 @@ class BatchWriter:
     def _is_up(self) -> bool:
         return not self._abandon and time.monotonic() >= self._down_until
 
+    def _probe(self) -> None:
+        """While the server refuses connections: try one, at most every PROBE_EVERY s;
+        once it is taken, write at once instead of sitting out the backoff."""
+        now = time.monotonic()
+        if not self._unreachable or now >= self._down_until or now < self._next_probe:
+            return
+        self._next_probe = now + PROBE_EVERY
+        try:
+            self.store.connect()
+        except StorageError:
+            return
+        self._unreachable = False
+        self._down_until = 0.0
+
     def _handle(self, batch: list) -> None:
         if self.spool is not None and (self.spool.records or not self._is_up()):
             self._spool_or_drop(batch)
@@ -241,7 +283,7 @@ class BatchWriter:
             self._held, self._held_marker = batch, None
             return
         try:
-            self.store.insert(batch)
+            self.store.insert(batch, set_aside=self._set_aside)
         except StorageError as exc:
             self._failed(exc)
             marker = exc.marker if getattr(exc, "in_doubt", False) else None
@@ -262,7 +304,7 @@ class BatchWriter:
             if marker is not None and self.store.landed(marker):
                 self.counts["already_stored"] += len(batch)
             else:
-                self.store.insert(batch)
+                self.store.insert(batch, set_aside=self._set_aside)
                 self._succeeded(len(batch))
         except Exception as exc:  # StorageError; anything else is a bug, counted the same
             self._failed(exc)
@@ -273,9 +315,15 @@ class BatchWriter:
         return True
 
     def _wait_until_up(self) -> None:
-        with self._cond:
-            while not self._is_up() and not self._giving_up():
-                self._cond.wait(max(0.01, self._down_until - time.monotonic()))
+        while True:
+            self._probe()
+            with self._cond:
+                if self._is_up() or self._giving_up():
+                    return
+                wait = self._down_until - time.monotonic()
+                if self._unreachable:
+                    wait = min(wait, self._next_probe - time.monotonic())
+                self._cond.wait(max(0.01, wait))
 
     def _giving_up(self) -> bool:
         """Stop waiting for the database: at close, unless ``block`` (which never
@@ -296,7 +344,8 @@ class BatchWriter:
                     self.counts["already_stored"] += len(record.rows)
                     spool.ack()
                     continue
-                self.store.insert(record.rows, before_commit=spool.set_inflight)
+                self.store.insert(record.rows, before_commit=spool.set_inflight,
+                                  set_aside=self._set_aside)
             except StorageError as exc:
                 self._failed(exc)
                 return
@@ -307,15 +356,56 @@ class BatchWriter:
                     return  # move queued rows behind the spool before they pile up
 
     def _succeeded(self, n: int) -> None:
-        self.counts["written"] += n
+        """``n`` rows handled (stored, or refused and set aside)."""
+        self.counts["written"] += n - self._refused_now
         self.counts["batches"] += 1
+        self._refused_now = 0
         self._failures = 0
+        self._unreachable = False
+        self.last_error = self.last_error_at = ""
 
     def _failed(self, exc: BaseException) -> None:
+        self._refused_now = 0  # the transaction is gone: its rows come again
         self.counts["errors"] += 1
-        self.last_error = scrub(str(exc), self.store.url.password)
+        self.last_error = self.last_incident = scrub(str(exc), self.store.url.password)
+        self.last_error_at = self.last_incident_at = _now()
         if not self._failures and self.on_error is not None:
             self.on_error(self.last_error)  # the first failure after a success
         delay = min(self.retry_max, RETRY_INITIAL * (2 ** self._failures))
         self._failures = min(self._failures + 1, 16)
         self._down_until = time.monotonic() + delay * random.uniform(0.8, 1.2)
+        self._unreachable = getattr(exc, "unreachable", False)
+        self._next_probe = time.monotonic() + PROBE_EVERY
+
+    def _set_aside(self, refused: list) -> None:
+        """Rows the database refuses for good (store.insert's ``set_aside``, called
+        before the rest of their batch is committed): into the dead-letter file,
+        counted, told in one line at most every REFUSED_LOG_EVERY s."""
+        if not refused:
+            return
+        kept = self.deadletter.append(refused) if self.deadletter is not None else 0
+        self._refused_now += len(refused)
+        self.counts["rejected"] += len(refused)
+        self.counts["set_aside"] += kept
+        row, reason = refused[0]
+        self.last_rejected = (f"{_now()} Call-ID {row[1]!r} ({row[0]}): {reason}")
+        self._refused_unlogged += len(refused)
+        now = time.monotonic()
+        recently = self._refused_logged and now - self._refused_logged < REFUSED_LOG_EVERY
+        if self.on_refused is None or recently:
+            return
+        if kept == len(refused):
+            where = f"set aside in {self.deadletter.path} (siptrace deadletter list)"
+        elif self.deadletter is not None:
+            where = f"{len(refused) - kept} lost: the dead-letter file is full"
+        else:
+            where = "not kept: no spool_dir"
+        self.on_refused(f"the database refused {self._refused_unlogged} rows, e.g. Call-ID "
+                        f"{row[1]!r} ({row[0]}): {reason}; {where}")
+        self._refused_logged = now
+        self._refused_unlogged = 0
+
+
+def _now() -> str:
+    """The time of an error as status shows it: UTC, ISO 8601, seconds."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -11,7 +11,7 @@ that ``siptrace index`` on a table another program writes goes on from there.
 """
 
 from collections import OrderedDict, deque
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -58,24 +58,27 @@ class CallIndexer:
         self._cache.clear()
         self._recent.clear()
 
-    def update(self, rows: Sequence[tuple], last_id: int | None = None) -> int:
-        """Fold rows (sip_trace column order: date, callid, traced_user, msg, method,
-        status, fromip, toip, ...) into the index; returns the number of calls written.
+    def update(self, columns: Sequence[Sequence], last_id: int | None = None) -> int:
+        """Fold rows, given as columns in sip_trace order (date, callid, traced_user, msg
+        as bytes, method, status, fromip, toip; more are ignored), into the index;
+        returns the number of calls written. Values are as the trace table holds them
+        (the Call-ID already escaped, store/text.py): the writer hands over the columns
+        it has just stored, ``siptrace index`` what it read (``columns_of``).
 
-        ``last_id``: the highest row id among ``rows`` when the caller knows it;
+        ``last_id``: the highest row id among the rows when the caller knows it;
         otherwise the table's highest id is recorded.
         """
-        columns = [list(map(itemgetter(i), rows)) for i in range(8)]
+        columns = list(columns[:8])
         if "" in columns[1]:  # no Call-ID, no call
             with_callid = [i for i, callid in enumerate(columns[1]) if callid]
             columns = [[column[i] for i in with_callid] for column in columns]
         dates, callids, users, msgs, methods, statuses, fromips, toips = columns
         if not callids:
             return 0
-        joined = "\x00".join(callids)
-        if (not joined.isascii() or joined.count("\x00") != len(callids) - 1
-                or max(map(len, callids)) > VARCHAR_WIDTHS["callid"]):
-            callids = list(map(stored_callid, callids))
+        if not isinstance(dates[0], str):  # the date column's text, whoever read it
+            dates = list(map(str, dates))
+        if max(map(len, callids)) > VARCHAR_WIDTHS["callid"]:  # as the trace table cuts them
+            callids = [callid[:VARCHAR_WIDTHS["callid"]] for callid in callids]
         keep = self._not_copies(callids, users, dates, fromips, toips, msgs)
         if keep is not None:
             callids, dates, methods, statuses, fromips, toips, msgs = (
@@ -121,7 +124,7 @@ class CallIndexer:
         their copies for traced users, stored after them, are known as copies."""
         for date, callid, traced_user, msg, method, status, fromip, toip, *_ in rows:
             recent = self._recent.setdefault(callid, deque(maxlen=RECENT_PER_CALL))
-            recent.append(hash((date, fromip, toip, msg)))
+            recent.append(hash((str(date), fromip, toip, msg)))
 
     def _load(self, callids: set[str]) -> dict[str, CallSummary]:
         """Summaries for ``callids``: from the cache, else the index, else new ones."""
@@ -133,7 +136,9 @@ class CallIndexer:
             marks = ", ".join([self._mark] * len(chunk))
             cursor.execute(f"{self._select_sql} ({marks}))", chunk)
             for values in cursor.fetchall():
-                calls[values[0]] = summary_from_record(dict(zip(_COLUMNS, values)))
+                call = summary_from_record(dict(zip(_COLUMNS, values)))
+                call.first_date, call.last_date = str(call.first_date), str(call.last_date)
+                calls[values[0]] = call
         for callid in missing:
             calls.setdefault(callid, CallSummary(callid))
         return calls
@@ -194,34 +199,29 @@ class CallIndexer:
             self._recent.pop(cache.popitem(last=False)[0], None)
 
 
-def stored_callid(callid: str) -> str:
-    """The Call-ID as the trace table holds it (store/text.py; cut to the column)."""
-    if not callid.isascii() or "\x00" in callid:
-        callid = clean_text(callid)
-    return callid[:VARCHAR_WIDTHS["callid"]]
-
-
-_SHORT = tuple((i, CALL_WIDTHS[name]) for i, name in enumerate(_COLUMNS) if name in CALL_WIDTHS)
+_SHORT = tuple(i for i, name in enumerate(_COLUMNS) if name in CALL_WIDTHS)
+_WIDTHS = tuple(CALL_WIDTHS[_COLUMNS[i]] for i in _SHORT)
 _DATES = tuple(i for i, name in enumerate(_COLUMNS) if name.endswith("_date"))
+_values = attrgetter(*_COLUMNS)
+_strings = itemgetter(*_SHORT)
 
 
 def _values_of(call: CallSummary, dates_as_text: bool) -> list:
-    """The index row of a call, in ``_COLUMNS`` order, strings clean and cut to width."""
-    values = [getattr(call, name) for name in _COLUMNS]
-    strings = [values[i] for i, _ in _SHORT]
+    """The index row of a call, in ``_COLUMNS`` order, strings clean and cut to width.
+    The writer's summaries hold their dates as the trace table's text."""
+    values = list(_values(call))
+    strings = _strings(values)
     joined = "".join(strings)
-    if joined.isascii() and "\x00" not in joined and all(
-            len(value) <= width for value, (_, width) in zip(strings, _SHORT)):
-        pass  # every string is stored as it is
-    else:
-        for i, width in _SHORT:
+    if (not joined.isascii() or "\x00" in joined
+            or not all(map(int.__ge__, _WIDTHS, map(len, strings)))):
+        for i, width in zip(_SHORT, _WIDTHS):
             value = values[i]
             if not value.isascii() or "\x00" in value:
                 value = clean_text(value)
             values[i] = value[:width]
-    if dates_as_text:  # as the trace table's date column holds them
+    if not dates_as_text:  # folded as the date column's text; the driver wants datetimes
         for i in _DATES:
-            values[i] = str(values[i])
+            values[i] = datetime.fromisoformat(values[i])
     return values
 
 
@@ -239,3 +239,8 @@ def as_datetime(value) -> datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None) if value.tzinfo else value
     return datetime.fromisoformat(str(value))
+
+
+def columns_of(rows: Sequence[tuple]) -> list[list]:
+    """The first eight columns of rows in sip_trace order, as ``update`` takes them."""
+    return [list(map(itemgetter(i), rows)) for i in range(8)]

@@ -13,23 +13,37 @@ BatchWriter's settings:
   at the end, raise StorageError.
 - live (``LiveWriter``): ``put`` never waits. Up to ``max_queued_rows`` rows wait in
   this process, beyond that they are dropped and counted; the child's BatchWriter
-  batches by count and time, spools while the database is down, reconnects.
+  batches by count and time, spools while the database is down, reconnects. The
+  child is supervised: one that dies is started again (worker.py), recovers the
+  spool, and the rows it held are counted as ``lost``. At start, a spool still held
+  by the store process of an earlier siptrace (draining after its parent died) is
+  waited for; one in use by a running siptrace is an error.
+- both: rows the database refuses for good are set aside (store/batch.py): into the
+  spool directory's dead-letter file (live), or counted and reported at ``close``
+  (replay) while the rest is stored.
 
 Rows travel as plain tuples (a TraceRow pickles through a Python-level method).
 This module imports no peewee: the replay process never needs it, only the child.
 """
 
+import gc
 import logging
 import pickle
+from pathlib import Path
 
 from siptrace.errors import StorageError
 from siptrace.worker import WorkerProcess, WorkerStopped
 
+GC_YOUNG_OBJECTS = 200_000  # the child's cycle collector runs this seldom (StoreJob)
 MAX_TRANSACTION_ROWS = 10_000  # replay: rows in one transaction at most
 MAX_QUEUED_ROWS = 200_000  # live: rows waiting in this process; beyond, put() drops
 MAX_ROWS_PER_SEND = 5_000  # live: queued rows merged into one frame up to this
 LIVE_CLOSE_TIMEOUT = 60.0  # live: seconds close() waits for the child
 LIVE_DRAIN_TIMEOUT = 45.0  # live: seconds the child's writer drains the spool at close
+SPOOL_WAIT = LIVE_CLOSE_TIMEOUT + 5  # live: seconds to wait for an earlier store process
+# Counters summed over the children of a supervised writer (the rest are gauges).
+COUNTERS = ("rows_written", "batches", "spooled", "dropped", "errors", "rejected",
+            "set_aside", "index_errors", "calls_indexed")
 
 log = logging.getLogger("siptrace.store")
 
@@ -50,10 +64,17 @@ class ProcessWriter:
         settings = {"db_url": db_url, "table": table, "call_index": call_index,
                     "live": self.live, "spool_dir": spool_dir,
                     "spool_max_bytes": spool_max_bytes}
+        self._spool_depth = 0  # until the child reports: what the spool held at start
+        if spool_dir:
+            from siptrace.store.spool import inspect_spool, wait_for_spool
+
+            wait_for_spool(spool_dir, SPOOL_WAIT, note=log.warning)
+            if Path(spool_dir).is_dir():
+                self._spool_depth = inspect_spool(spool_dir)["rows"]
         self._worker = WorkerProcess(
             StoreJob, (settings,), name="store process", encode=_rows_frame, logger=log,
             queue_limit=max_queued_rows if self.live else None,
-            max_batch=MAX_ROWS_PER_SEND)
+            max_batch=MAX_ROWS_PER_SEND, supervise=self.live)
 
     def put(self, rows) -> None:
         try:
@@ -69,26 +90,43 @@ class ProcessWriter:
 
     @property
     def stats(self) -> dict:
-        """rows_written, batches, pending, spooled, spool_depth, dropped, errors,
-        last_error, truncated_*, index_errors, calls_indexed, last_index_error."""
+        """rows_written, batches, pending, spooled, spool_depth, dropped, lost, errors,
+        last_error(_at), last_incident(_at), rejected, set_aside, last_rejected,
+        store_restarts, store_last_exit, truncated_*, index_errors, calls_indexed,
+        last_index_error."""
         worker = self._worker
-        child = worker.child
+        child, past = worker.child, worker.past
+        reports = past + [child]
         in_pipe = worker.in_pipe
         lost = in_pipe if worker.ended else 0  # handed over, never stored
-        stats = {
-            "rows_written": child.get("rows_written", 0),
-            "batches": child.get("batches", 0),
-            "pending": worker.queued + in_pipe - lost + child.get("pending", 0),
-            "spooled": child.get("spooled", 0),
-            "spool_depth": child.get("spool_depth", 0),
-            "dropped": (child.get("dropped", 0) + worker.dropped + worker.unsent
-                        + worker.rejected + lost),
-            "errors": child.get("errors", 0),
-            "last_error": child.get("last_error") or worker.error,
-        }
-        stats.update((k, v) for k, v in child.items()
-                     if k.startswith("truncated_") or k in ("index_errors", "calls_indexed",
-                                                            "last_index_error"))
+        stats = {k: sum(r.get(k, 0) for r in reports) for k in COUNTERS}
+        for report in reversed(reports):  # the last known depth, until the child reports
+            if "spool_depth" in report:
+                self._spool_depth = report["spool_depth"]
+                break
+        latest = next((r for r in reversed(reports) if r), {})
+        stats.update(
+            pending=worker.queued + in_pipe - lost + child.get("pending", 0),
+            spool_depth=self._spool_depth,
+            dropped=(stats["dropped"] + worker.dropped + worker.unsent + worker.rejected
+                     + lost),
+            # supervised: what each child that died held (in its pipe, in its queue)
+            lost=worker.lost + sum(r.get("pending", 0) for r in past),
+            store_restarts=worker.restarts,
+            store_last_exit=worker.last_exit,
+            last_error=child.get("last_error") or worker.error,
+            last_error_at=child.get("last_error_at", ""),
+            last_incident=latest.get("last_incident", ""),
+            last_incident_at=latest.get("last_incident_at", ""),
+            last_rejected=next((r["last_rejected"] for r in reversed(reports)
+                                if r.get("last_rejected")), ""),
+        )
+        for report in reports:
+            for key, value in report.items():
+                if key.startswith("truncated_"):
+                    stats[key] = stats.get(key, 0) + value
+        if child.get("last_index_error"):
+            stats["last_index_error"] = child["last_index_error"]
         return stats
 
 
@@ -121,6 +159,10 @@ class StoreJob:
 
         from siptrace.store.tracestore import TraceStore
 
+        # Each batch is thousands of tuples made, stored and dropped again, and they
+        # make no reference cycles: the cycle collector's default, a young pass every
+        # 700 new objects, would walk them for nothing (-5 % of this process's CPU).
+        gc.set_threshold(GC_YOUNG_OBJECTS, 100, 1000)
         self.live = settings["live"]
         store = TraceStore(settings["db_url"], settings["table"],
                            call_index=settings["call_index"])
@@ -136,7 +178,8 @@ class StoreJob:
             spool_dir = settings["spool_dir"] or None
             then = "spooling rows and retrying" if spool_dir else "retrying"
             self.writer = BatchWriter(store, spool=spool_dir, **kwargs,
-                                      on_error=lambda text: log(f"{text} ({then})"))
+                                      on_error=lambda text: log(f"{text} ({then})"),
+                                      on_refused=log)
         else:
             # SQLite works inside this process: a writer thread would only fight this
             # thread (unpickling) for the GIL, once per row (measured: -10 % rows/s).
@@ -148,7 +191,8 @@ class StoreJob:
             self.writer = BatchWriter(
                 store, max_rows=MAX_TRANSACTION_ROWS, max_delay=0.0,
                 queue_rows=MAX_TRANSACTION_ROWS, block=True, thread=threaded,
-                on_error=lambda text: log(f"{text} (replay waits and retries)"))
+                on_error=lambda text: log(f"{text} (replay waits and retries)"),
+                on_refused=log)
 
     def handle(self, rows: list) -> None:
         self.writer.put(rows)
@@ -167,3 +211,6 @@ class StoreJob:
         if not self.live and (stats["dropped"] or stats["pending"]):
             raise StorageError(f"{stats['dropped'] + stats['pending']} rows not stored: "
                                f"{stats['last_error']}")
+        if not self.live and stats["rejected"]:
+            raise StorageError(f"the database refused {stats['rejected']} rows (the others "
+                               f"are stored), the last: {stats['last_rejected']}")

@@ -2,9 +2,10 @@
 
 Everything else is derived from or checked against ``trace_model``: TraceStore creates
 the table through it, its columns' widths are what TraceStore cuts values to, and the
-DBA's copy, schema.sql, holds exactly the statements ``table_ddl`` renders from it
-(tests/test_store_schema.py compares them as text, and the tables both make on each
-real server).
+DBA's copies, schema.sql (MySQL), schema-postgresql.sql and schema-sqlite.sql, hold
+exactly the statements ``table_ddl`` renders from it (tests/test_store_schema.py
+compares them as text, and the tables each file makes through the real client with
+siptrace's on each real server).
 
 Deviations from the documentation's MySQL definition, the same as in schema.sql:
 ``date`` is DATETIME(6) (microseconds) with no zero-date default (strict SQL modes
@@ -93,7 +94,7 @@ _DATABASES = {"mysql": peewee.MySQLDatabase, "postgresql": peewee.PostgresqlData
 
 def table_ddl(dialect: str, table: str = "sip_trace") -> list[str]:
     """The statements ``create_table`` runs on an empty database of ``dialect``
-    (schema.sql's section for it): CREATE TABLE, then each index."""
+    (its schema file): CREATE TABLE, then each index."""
     schema = trace_model(_DATABASES[dialect](None), table)._schema
     statements = []
     for query in [schema._create_table(safe=True), *schema._create_indexes(safe=True)]:

@@ -3,24 +3,29 @@
 Layout (docs/storage.md): ``spool_dir/NNNNNNNNNNNN.seg`` segment files of records, each
 ``<u32 payload length><u32 CRC-32 of payload><payload>``, little-endian. A payload is one
 batch: ``<u8 flags><u32 row count>[marker]`` then per row ``<i64 date, microseconds since
-1970>`` and the nine other columns each as ``<u32 length><bytes>`` (strings UTF-8 with
+1970>`` (read back as the date column's text) and the nine other columns each as ``<u32 length><bytes>`` (strings UTF-8 with
 surrogates passed through, msg raw). ``spool_dir/state`` (JSON, replaced atomically)
 holds the read position and the marker of a batch being committed, so a crash between
 COMMIT and acknowledgement is resolved on the next start without storing rows twice.
 A torn record at the tail (crash while appending) fails its CRC and is cut off.
+``spool_dir/lock`` is flock'ed by the one process using the spool and names it
+(``PID PPID``); ``spool_dir/deadletter`` holds refused rows (store/deadletter.py).
 """
 
+import fcntl
 import json
 import os
+import time
 import struct
 import threading
 import zlib
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from siptrace.errors import StorageError
-from siptrace.rows import EPOCH, TraceRow
+from siptrace.filemode import private_opener
+from siptrace.rows import EPOCH, TraceRow, date_text
 from siptrace.store.marker import Marker
 
 RECORD_HEADER = struct.Struct("<II")
@@ -30,7 +35,6 @@ U32 = struct.Struct("<I")
 FLAG_MARKER = 1
 SEGMENT_BYTES = 16 << 20
 DEFAULT_MAX_BYTES = 1 << 30
-_US = timedelta(microseconds=1)
 
 
 class SpoolRecord(NamedTuple):
@@ -52,7 +56,8 @@ def encode_batch(rows, marker: Marker | None = None) -> bytes:
         for value in marker[1:]:
             _pack_str(parts, value)
     for row in rows:
-        delta = row[0] - EPOCH
+        date = row[0]
+        delta = (datetime.fromisoformat(date) if isinstance(date, str) else date) - EPOCH
         parts.append(I64.pack((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds))
         for i in range(1, 10):
             value = row[i]
@@ -81,7 +86,7 @@ def decode_batch(payload: bytes) -> tuple[list, Marker | None]:
     for _ in range(count):
         (us,) = I64.unpack_from(payload, pos)
         pos += 8
-        vals = [EPOCH + us * _US]
+        vals = [date_text(us)]
         for i in range(1, 10):
             data = field()
             vals.append(data if i == 3 else data.decode("utf-8", "surrogatepass"))
@@ -104,8 +109,10 @@ class Spool:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.dir / "lock", "a")
-            import fcntl
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_file.truncate(0)
+            self._lock_file.write(f"{os.getpid()} {os.getppid()}\n")  # for wait_for_spool
+            self._lock_file.flush()
         except OSError as exc:
             raise StorageError(f"spool {self.dir}: cannot open or lock: {exc}") from None
         self._state = self._read_state()
@@ -197,7 +204,7 @@ class Spool:
             f = None
             self._write_no += 1
         if f is None:
-            f = self._write_file = open(self._path(self._write_no), "ab")
+            f = self._write_file = open(self._path(self._write_no), "ab", opener=private_opener)
         return f
 
     def sync(self) -> None:
@@ -283,6 +290,51 @@ class Spool:
                 self._write_file.close()
                 self._write_file = None
             self._lock_file.close()
+
+
+def wait_for_spool(directory, timeout: float, note=lambda text: None) -> None:
+    """At start: wait while the store process of an earlier siptrace, whose parent is
+    gone, still drains the spool (at most ``timeout`` s, ``note(text)`` told once);
+    StorageError, one line, when a running siptrace uses it, or the wait is over.
+
+    The lock file names its holder and the holder's parent when it took the lock
+    (``PID PPID``): a holder with another parent now is such an orphan."""
+    path = Path(directory) / "lock"
+    deadline = time.monotonic() + timeout
+    noted = False
+    while True:
+        try:
+            with open(path, "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return  # free (closing the file releases it)
+                except BlockingIOError:
+                    f.seek(0)
+                    holder = f.read().split()
+        except FileNotFoundError:
+            return  # no spool yet
+        except OSError as exc:
+            raise StorageError(f"spool {directory}: cannot open its lock: {exc}") from None
+        pid, parent = (holder + ["?", "?"])[:2]
+        if _parent_of(pid) == parent:
+            raise StorageError(f"spool {directory} is in use by another siptrace (process "
+                               f"{parent}); give each siptrace its own spool_dir")
+        if time.monotonic() >= deadline:
+            raise StorageError(f"spool {directory} is still held by process {pid} of an "
+                               f"earlier siptrace after {timeout:g} s")
+        if not noted:
+            note(f"spool {directory}: waiting (at most {timeout:g} s) for process {pid} of "
+                 "an earlier siptrace to finish with it")
+            noted = True
+        time.sleep(0.2)
+
+
+def _parent_of(pid: str) -> str | None:
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat.rpartition(")")[2].split()[1]  # the field after the state (proc(5))
 
 
 def inspect_spool(directory) -> dict:

@@ -12,7 +12,17 @@ counts, the marker check, purges in retention.py) goes through peewee and the mo
 The first row of every batch is inserted on its own to learn its id: the batch's
 *marker*. A transaction is all or nothing, so "does the row with that id and identity
 exist?" answers whether a batch whose COMMIT outcome is unknown was stored.
+
+A batch the database *rejects* (a CHECK constraint, a trigger, a unique index: an error
+class that names the rows, ``rejected_rows``, never the text) is stored again without
+the rows it refuses: halves inside savepoints of one transaction, down to single rows,
+which go to ``set_aside`` before COMMIT. Any other failure is an outage: the connection
+is closed, so that the next attempt opens a fresh one (a SQLite connection opened
+read-only stays read-only).
 """
+
+import sqlite3
+import sys
 
 from bisect import bisect_right
 from collections import Counter
@@ -24,17 +34,50 @@ from typing import Callable, NamedTuple, Sequence
 import peewee
 
 from siptrace.errors import StorageError
+from siptrace.filemode import create_private
 from siptrace.rows import COLUMNS, TraceRow
-from siptrace.store.callindex import CallIndexer
+from siptrace.store.callindex import CallIndexer, columns_of
 from siptrace.store.marker import Marker
 from siptrace.store.schema import VARCHAR_WIDTHS, check_table_name, create_table, dialect_of, trace_model
 from siptrace.store.text import clean_text, msg_to_text
 from siptrace.store.urls import open_database, parse_db_url, storage_error
+from siptrace.redact import scrub
 
+MAX_REFUSAL_CHARS = 300  # a refused row's reason, as the dead-letter file keeps it
 MYSQL_STATEMENT_BYTES = 1 << 20  # well under max_allowed_packet (4 MB on MySQL 5.7, 16+ MB later)
 _SHORT = tuple((i, c, VARCHAR_WIDTHS[c]) for i, c in enumerate(COLUMNS) if c in VARCHAR_WIDTHS)
 _MSG = COLUMNS.index("msg")
 _COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# Errors that refuse rows, not the database: the batch without them would be stored.
+PG_REJECTING_CLASSES = ("22", "23", "44", "P0")  # SQLSTATE classes: data exception,
+# integrity constraint violation, WITH CHECK OPTION violation, PL/pgSQL RAISE (triggers)
+MYSQL_REJECTING_CODES = frozenset({
+    1048,  # ER_BAD_NULL_ERROR
+    1062, 1169,  # ER_DUP_ENTRY, ER_DUP_UNIQUE
+    1216, 1217, 1451, 1452,  # foreign keys
+    1264, 1265, 1292, 1366, 1406,  # out of range, truncated, wrong value, too long
+    1300,  # ER_INVALID_CHARACTER_STRING
+    1369,  # ER_VIEW_CHECK_FAILED
+    1644,  # ER_SIGNAL_EXCEPTION: SIGNAL in a trigger
+    3819,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL 8)
+    4025,  # ER_CONSTRAINT_FAILED (MariaDB CHECK)
+})
+SQLITE_REJECTING_CODES = (18, 19, 20)  # SQLITE_TOOBIG, SQLITE_CONSTRAINT (triggers' RAISE
+# too), SQLITE_MISMATCH: primary result codes, the low byte of the extended one
+
+
+def rejected_rows(exc: BaseException) -> bool:
+    """Whether a driver error refuses the rows written, not the database (by the
+    driver's error class and code; psycopg 3, PyMySQL, sqlite3)."""
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in SQLITE_REJECTING_CODES
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return (exc.sqlstate or "")[:2] in PG_REJECTING_CLASSES
+    pymysql = sys.modules.get("pymysql")
+    if pymysql is not None and isinstance(exc, pymysql.err.MySQLError):
+        return bool(exc.args) and exc.args[0] in MYSQL_REJECTING_CODES
+    return False
 
 
 class _MysqlColumns(NamedTuple):
@@ -45,6 +88,14 @@ class _MysqlColumns(NamedTuple):
 
     columns: list
     framed: bool
+    text: list  # the columns as values (``_columns``): a row's marker, a part of the batch
+
+    def part(self, start: int, stop: int) -> tuple[list, "_MysqlColumns"]:
+        """Rows start..stop-1: the first one's values and their literals."""
+        first = [c[start] for c in self.text]
+        first[_MSG] = msg_to_text(first[_MSG])
+        return first, _MysqlColumns([c[start:stop] for c in self.columns], self.framed,
+                                    [c[start:stop] for c in self.text])
 
 
 class TraceStore:
@@ -73,11 +124,19 @@ class TraceStore:
 
     # -- connection -----------------------------------------------------------------
     def connect(self) -> None:
-        """Connect (again) and create the table when missing; raises StorageError."""
+        """Connect (again) and create the table when missing; raises StorageError,
+        with ``unreachable`` set when the server did not take the connection."""
         try:
             if not self.database.is_closed():
                 return
-            self.database.connect()  # on MySQL the driver sets the session's sql_mode (urls.py)
+            try:
+                if self.dialect == "sqlite":  # 0600 whatever the umask, -wal and -shm alike
+                    create_private(self.url.database)
+                self.database.connect()  # on MySQL the driver sets the session's sql_mode
+            except Exception as exc:
+                err = storage_error(self.url, "connect", exc)
+                err.unreachable = True
+                raise err from None
             if self.dialect == "sqlite":
                 self.database.execute_sql("PRAGMA journal_mode=WAL")
                 self.database.execute_sql("PRAGMA synchronous=NORMAL")
@@ -130,49 +189,55 @@ class TraceStore:
                 columns[i] = [v[:width] for v in values]
         return columns
 
-    def _rows(self, rows: Sequence[TraceRow]) -> list[tuple]:
-        """The rows as stored (``_columns``), msg as text (text.py)."""
-        columns = self._columns(rows)
+    def _rows(self, columns: list[list]) -> list[tuple]:
+        """The rows as stored, from ``_columns``: msg as text (text.py)."""
         joined, plain = _msg_column(columns[_MSG])
-        columns[_MSG] = (joined.decode("utf-8").split("\x00") if plain
-                         else list(map(msg_to_text, columns[_MSG])))
-        return list(zip(*columns))
+        values = columns[:]
+        values[_MSG] = (joined.decode("utf-8").split("\x00") if plain
+                        else list(map(msg_to_text, columns[_MSG])))
+        return list(zip(*values))
 
-    def _mysql_columns(self, rows: Sequence[TraceRow]) -> tuple[list, _MysqlColumns]:
-        """The first row's values (as ``_rows``) and every column as MySQL literals."""
-        columns = self._columns(rows)
+    def _mysql_columns(self, columns: list[list]) -> tuple[list, _MysqlColumns]:
+        """The first row's values (as ``_rows``) and every column of ``_columns`` as
+        MySQL literals."""
         first = [c[0] for c in columns]
         first[_MSG] = msg_to_text(first[_MSG])
         encoded = [b"" if i == _MSG else "\x00".join(c).encode("utf-8") for i, c in enumerate(columns)]
         encoded[_MSG], plain = _msg_column(columns[_MSG])
         if any(b"\\" in joined for joined in encoded):
-            return first, _MysqlColumns(list(map(_literals, encoded)), True)
+            return first, _MysqlColumns(list(map(_literals, encoded)), True, columns)
         if plain and b"'" not in encoded[_MSG]:
             quoted = [columns[_MSG] if i == _MSG else _quoted(j) for i, j in enumerate(encoded)]
         else:
             quoted = list(map(_quoted, encoded))
-        return first, _MysqlColumns(quoted, False)
+        return first, _MysqlColumns(quoted, False, columns)
 
     # -- writes ---------------------------------------------------------------------
     def insert(self, rows: Sequence[TraceRow],
-               before_commit: Callable[[Marker], None] | None = None) -> Marker | None:
+               before_commit: Callable[[Marker], None] | None = None,
+               set_aside: Callable[[list], None] | None = None) -> Marker | None:
         """Store rows in one transaction; return the batch's marker.
 
-        ``before_commit(marker)`` runs just before COMMIT (the spool records it). On
-        failure raises StorageError with ``in_doubt`` (COMMIT was sent, outcome unknown)
-        and ``marker`` attributes; the transaction is rolled back when it can be.
+        ``before_commit(marker)`` runs just before COMMIT (the spool records it). With
+        ``set_aside``, a batch the database rejects is stored without the rows it
+        refuses, and ``set_aside([(row, error text), ...])`` gets those before COMMIT.
+        On failure raises StorageError with ``in_doubt`` (COMMIT was sent, outcome
+        unknown), ``marker`` and ``rejected`` (the database refused rows: without
+        ``set_aside``, retrying will not help) attributes; the transaction is rolled
+        back when it can be, the connection closed unless rows were refused.
         """
         if not rows:
             return None
         self.connect()
+        columns = self._columns(rows)
         if self.dialect == "mysql":
-            first, batch = self._mysql_columns(rows)
+            first, batch = self._mysql_columns(columns)
         else:
-            batch = self._rows(rows)
+            batch = self._rows(columns)
             first = batch[0]
         conn = self.database.connection()
         committing = False
-        marker = None
+        marker = err = None
         try:
             cursor = conn.cursor()
             cursor.execute("BEGIN")
@@ -182,25 +247,87 @@ class TraceStore:
             committing = True
             cursor.execute("COMMIT")
         except Exception as exc:
-            err = exc if isinstance(exc, StorageError) else storage_error(
-                self.url, f"insert into {self.table}", exc)
-            err.in_doubt = committing
-            err.marker = marker
-            self._abort(conn)
-            raise err from None
+            err = self._failed(conn, exc, committing, marker)
+            if not (err.rejected and set_aside is not None):
+                raise err from None
+        if err is not None:
+            marker, rows = self._insert_accepted(rows, batch, before_commit, set_aside)
+            columns = columns_of(rows)
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
         if self.indexer is not None:
-            self._index(rows)
+            self._index(columns)
         return marker
 
-    def _index(self, rows: Sequence[TraceRow]) -> None:
-        """Fold stored rows into the call index; a failure costs the index, not the rows
-        (counted; ``siptrace index --rebuild`` repairs it)."""
+    def _failed(self, conn, exc: Exception, committing: bool, marker) -> StorageError:
+        """Roll back after a failed write; the error as StorageError. Unless the
+        database refused rows, the connection is closed: the next attempt connects."""
+        err = exc if isinstance(exc, StorageError) else storage_error(
+            self.url, f"insert into {self.table}", exc)
+        err.in_doubt = committing
+        err.marker = marker
+        err.rejected = not committing and rejected_rows(exc)
+        self._abort(conn)
+        if not err.rejected:
+            self.close()
+        return err
+
+    def _insert_accepted(self, rows, batch, before_commit, set_aside) -> tuple:
+        """The rows the database accepts, in order, in one transaction: halves in
+        savepoints down to single rows; the refused ones to ``set_aside`` before COMMIT.
+        Returns the marker and the rows stored."""
+        part = batch.part if self.dialect == "mysql" else lambda a, b: (batch[a], batch[a:b])
+        refused = {}
+        marker = None
+        committing = False
+        self.connect()
+        conn = self.database.connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("BEGIN")
+            todo = [(0, len(rows))]
+            while todo:
+                start, stop = todo.pop()
+                cursor.execute("SAVEPOINT siptrace_part")
+                try:
+                    first = self._insert_values(cursor, *part(start, stop))
+                except Exception as exc:
+                    if not rejected_rows(exc):
+                        raise
+                    cursor.execute("ROLLBACK TO SAVEPOINT siptrace_part")
+                    if stop - start == 1:
+                        refused[start] = self._refusal(exc)
+                    else:
+                        middle = (start + stop) // 2
+                        todo += [(middle, stop), (start, middle)]
+                    continue
+                cursor.execute("RELEASE SAVEPOINT siptrace_part")
+                marker = marker or first
+            set_aside([(rows[i], error) for i, error in refused.items()])
+            if marker is not None and before_commit is not None:
+                before_commit(marker)
+            committing = True
+            cursor.execute("COMMIT")
+        except Exception as exc:
+            err = self._failed(conn, exc, committing, marker)
+            err.rejected = False  # refused rows were set aside: this is something else
+            raise err from None
+        return marker, [row for i, row in enumerate(rows) if i not in refused]
+
+    def _refusal(self, exc: Exception) -> str:
+        """The database's reason for refusing a row, one line (PostgreSQL's primary
+        message: its DETAIL repeats the whole row)."""
+        diag = getattr(exc, "diag", None)
+        text = (diag.message_primary if diag is not None else None) or str(exc)
+        return scrub(" ".join(text.split()), self.url.password)[:MAX_REFUSAL_CHARS]
+
+    def _index(self, columns: list[list]) -> None:
+        """Fold the columns just stored into the call index; a failure costs the index,
+        not the rows (counted; ``siptrace index --rebuild`` repairs it)."""
         try:
             if not self._index_ready:
                 self._create_index()
-            self.stats["calls_indexed"] += self.indexer.update(rows)
+            self.stats["calls_indexed"] += self.indexer.update(columns)
         except Exception as exc:
             self.stats["index_errors"] += 1
             self.last_index_error = str(storage_error(self.url, "update the call index", exc))

@@ -6,10 +6,12 @@ Accepted forms::
     mysql://user:pass@host[:port]/db
     postgres://user:pass@host[:port]/db   (postgresql:// too)
 
-Special characters in the user or password are percent-encoded (RFC 3986 section 3.2.1).
-Query parameters (``?connect_timeout=3``) are passed to the driver.
+Special characters in the user or password are percent-encoded (RFC 3986 section 3.2.1);
+one left as it is would cut the password into host, path, query or fragment, where
+errors would show it, so it is refused (the message masks it). Query parameters (``?connect_timeout=3``) are passed to the driver.
 """
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -19,6 +21,8 @@ from siptrace.errors import ConfigError, StorageError
 from siptrace.redact import redact_url, scrub
 
 SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
+# User info (RFC 3986 section 3.2.1): unreserved, percent-encoded, sub-delims and ':'.
+USERINFO = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*")
 DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
 # The SQL mode of every MySQL/MariaDB session siptrace opens, set by the driver on each
@@ -53,32 +57,66 @@ class DbUrl:
 def parse_db_url(url: str) -> DbUrl:
     """Parse a db_url; raises ConfigError naming the (redacted) URL."""
     try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        dialect = SCHEMES.get(scheme)
-        if dialect is None:
-            raise ValueError(f"unknown scheme {scheme!r} (use sqlite, mysql, postgres or postgresql)")
-        options = tuple(parse_qsl(parts.query, keep_blank_values=True))
-        if dialect == "sqlite":
-            if parts.netloc:
-                raise ValueError("a SQLite URL has no host: sqlite:///relative or sqlite:////absolute")
-            path = parts.path[1:]
-            if not path:
-                raise ValueError("missing database file path")
-            return DbUrl("sqlite", unquote(path), options=options, text=url)
-        name = unquote(parts.path.lstrip("/"))
-        if not name or "/" in name:
-            raise ValueError("missing database name after the host")
-        if not parts.hostname:
-            raise ValueError("missing host")
-        port = parts.port or DEFAULT_PORTS[dialect]
-        return DbUrl(
-            dialect, name,
-            user=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            host=parts.hostname, port=port, options=options, text=url)
+        return _parse(url)
     except ValueError as exc:
-        raise ConfigError(f"db_url {redact_url(url)}: {scrub(str(exc))}") from None
+        raise ConfigError(f"db_url {redact_url(url)} {scrub(str(exc))}") from None
+
+
+def db_url_problem(url: str) -> str | None:
+    """What is wrong with a db_url, worded to follow it (never quoting the password);
+    None when it is fine. The one rule for the settings and the store."""
+    try:
+        _parse(url)
+    except ValueError as exc:
+        return scrub(str(exc))
+    return None
+
+
+def _parse(url: str) -> DbUrl:
+    """The parsed URL; ValueError worded to follow the URL otherwise."""
+    _check_userinfo(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    dialect = SCHEMES.get(scheme)
+    if dialect is None:
+        raise ValueError(f"has an unknown scheme {scheme!r} (use sqlite, mysql, postgres or "
+                         "postgresql)")
+    options = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    if dialect == "sqlite":
+        if parts.netloc:
+            raise ValueError("has a host, which a SQLite URL has not: sqlite:///relative or "
+                             "sqlite:////absolute")
+        path = parts.path[1:]
+        if not path:
+            raise ValueError("has no database file path")
+        return DbUrl("sqlite", unquote(path), options=options, text=url)
+    name = unquote(parts.path.lstrip("/"))
+    if not name or "/" in name:
+        raise ValueError("has no database name after the host")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        port = parts.port or DEFAULT_PORTS[dialect]
+    except ValueError as exc:
+        raise ValueError(f"has a bad port ({exc})") from None
+    return DbUrl(
+        dialect, name,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        host=parts.hostname, port=port, options=options, text=url)
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse a user or password that would be cut (and shown) as host, path, query or
+    fragment: everything up to the URL's last '@' must be RFC 3986 user info."""
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    if at and not userinfo.startswith("/") and USERINFO.fullmatch(userinfo) is None:
+        raise ValueError("has a character in its user or password that must be "
+                         "percent-encoded (/ %2F, ? %3F, # %23, @ %40, space %20, % %25)")
 
 
 def _options(db_url: DbUrl) -> dict:
