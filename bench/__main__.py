@@ -8,7 +8,9 @@ since absolute times on a shared 2-core machine mean little.
 
 import argparse
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,18 +121,42 @@ def backends_section(capture: Path, work: Path) -> dict:
         for label, extra in (("index", ()), ("no_index", ("--no-call-index",))):
             try:
                 with scratch_url(dialect, work) as url:
+                    cpu = _cpu_now(dialect)
                     wall, out = _replay(capture, url, *extra)
+                    cpu = [after - before for after, before in zip(_cpu_now(dialect), cpu)]
                     if dialect != "sqlite" and label == "index":
                         result["bulk"] = bulk_load(url)
                 rows = int(_summary_value(out, "rows stored").replace(",", ""))
-                result[label] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall}
+                result[label] = {"rows": rows, "seconds": wall, "rows_per_s": rows / wall,
+                                 "siptrace_cpu": cpu[0], "server_cpu": cpu[1]}
                 if result.get("bulk", {}).get("rows", rows) != rows:
                     raise RuntimeError(f"bulk load has {result.pop('bulk')['rows']} rows, "
                                        f"replay stored {rows}")
             except Exception as exc:  # a backend that fails is reported, the rest still run
                 result[label] = {"error": str(exc)}
         print("  " + format_backend(dialect, result))
+        if "bulk" in result and "siptrace_cpu" in result.get("no_index", {}):
+            print("    " + format_cpu_account(result))
     return results
+
+
+def format_cpu_account(result: dict) -> str:
+    """Where the time goes without the index: CPU seconds of siptrace's processes and
+    of the server, against the server's alone in its bulk load, on os.cpu_count() cores."""
+    run, bulk = result["no_index"], result["bulk"]
+    return (f"CPU without index: siptrace {run['siptrace_cpu']:.2f} s + server "
+            f"{run['server_cpu']:.2f} s in {run['seconds']:.2f} s on {os.cpu_count()} cores; "
+            f"bulk load: server {bulk['server_cpu']:.2f} s in {bulk['seconds']:.2f} s")
+
+
+def _cpu_now(dialect: str) -> tuple[float, float]:
+    """CPU seconds so far of this process's children (siptrace and its store process)
+    and of the database server (0 for SQLite, which works inside siptrace)."""
+    from bench.bulkload import server_cpu_seconds
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = server_cpu_seconds(dialect) if dialect != "sqlite" else 0.0
+    return usage.ru_utime + usage.ru_stime, server
 
 
 def format_backend(dialect: str, result: dict) -> str:

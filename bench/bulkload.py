@@ -17,7 +17,8 @@ from siptrace.store.schema import table_ddl
 
 
 def bulk_load(db_url: str, table: str = "sip_trace") -> dict:
-    """{"rows", "seconds", "rows_per_s"} of the server's bulk load of ``table``'s rows."""
+    """{"rows", "seconds", "rows_per_s", "server_cpu"} of the server's bulk load of
+    ``table``'s rows."""
     store = TraceStore(db_url, table, call_index=False)
     store.connect()
     db = store.database
@@ -37,13 +38,37 @@ def bulk_load(db_url: str, table: str = "sip_trace") -> dict:
             db.execute_sql(f"SELECT {cols} FROM {table} ORDER BY id INTO OUTFILE '{path}' "
                            "CHARACTER SET utf8mb4")
             load = f"LOAD DATA INFILE '{path}' INTO TABLE {twin} CHARACTER SET utf8mb4 ({cols})"
+        cpu = server_cpu_seconds(dialect)
         started = time.perf_counter()
         with db.atomic():
             db.execute_sql(load)
         seconds = time.perf_counter() - started
+        cpu = server_cpu_seconds(dialect) - cpu
         rows = db.execute_sql(f"SELECT COUNT(*) FROM {twin}").fetchone()[0]
     finally:
         if os.path.exists(path):
             os.remove(path)
         store.close()
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "server_cpu": cpu}
+
+
+SERVER_PROCESSES = {"postgresql": "postgres", "mysql": "mariadbd"}
+
+
+def server_cpu_seconds(dialect: str) -> float:
+    """CPU seconds the database server has used so far: its processes' own and, for
+    PostgreSQL, that of the backends already gone (the postmaster's reaped children)."""
+    name = SERVER_PROCESSES[dialect]
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm in (name, "mysqld") if name == "mariadbd" else comm == name:
+            values = fields.split()
+            total += sum(int(v) for v in values[11:15])  # utime stime cutime cstime
+    return total / ticks

@@ -11,9 +11,8 @@ from siptrace.decode.link import LINK_LAYERS
 from siptrace.errors import CaptureFormatError, TruncatedCapture
 from siptrace.extract import SipExtractor, WireMessage
 from siptrace.sip.streams import MAX_BUFFERED, TcpMessageAssembler
-from siptrace.rows import trace_row, trace_rows
+from siptrace.rows import BYTES_PER_PUT, ROWS_PER_PUT, trace_row, trace_rows
 
-ROWS_PER_PUT = 1000
 CHECK_EVERY = 4096  # records between progress callbacks and looks at ``stop`` (a power of 2)
 
 
@@ -83,20 +82,25 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
     rows: list = []
     traced_count = 0
     last_ts = 0
+    held = 0  # bytes of the messages in rows
 
     def flush() -> None:
+        nonlocal held
         summary.rows += len(rows)
         row_sink.put(rows[:])
         rows.clear()
+        held = 0
 
     def store(traced) -> None:
-        nonlocal traced_count
+        nonlocal traced_count, held
         for wire, direction, users in traced:
             traced_count += 1
-            rows.extend(trace_rows(wire, direction, users))
+            made = trace_rows(wire, direction, users)
+            rows.extend(made)
+            held += len(wire.sip.raw) * len(made)
             if mirror is not None:
                 mirror.send(wire)
-        if len(rows) >= ROWS_PER_PUT:
+        if len(rows) >= ROWS_PER_PUT or held >= BYTES_PER_PUT:
             flush()
 
     # A plain Tracer traces every message, one row each: the loop asks the proxy for
@@ -127,9 +131,10 @@ def replay_files(paths: Iterable[Path], *, tracer, row_sink, mirror=None,
                         continue
                     traced_count += 1
                     rows.append(trace_row(wire, direction_of(wire)))
+                    held += len(wire.sip.raw)
                     if mirror is not None:
                         mirror.send(wire)
-                    if len(rows) >= ROWS_PER_PUT:
+                    if len(rows) >= ROWS_PER_PUT or held >= BYTES_PER_PUT:
                         flush()
                 last_ts = ts_ns
                 if not count & check_mask:

@@ -26,6 +26,10 @@ class TraceRow(NamedTuple):
 
 
 COLUMNS = TraceRow._fields
+# Rows are handed to the store (replay and live) in batches of ROWS_PER_PUT, or fewer
+# once their messages reach BYTES_PER_PUT: megabyte messages make no large batch.
+ROWS_PER_PUT = 1000
+BYTES_PER_PUT = 1 << 20
 EPOCH = datetime(1970, 1, 1)  # naive UTC, as the date column holds
 
 # The date column, as text: the capture time in UTC, 'YYYY-MM-DD HH:MM:SS', then

@@ -24,7 +24,7 @@ from siptrace.direction import ProxyAddresses, normalize_ip
 from siptrace.extract import SipExtractor
 from siptrace.sip.streams import TcpMessageAssembler
 from siptrace.store.process import LiveWriter
-from siptrace.rows import trace_rows
+from siptrace.rows import BYTES_PER_PUT, ROWS_PER_PUT, trace_rows
 from siptrace.store import parse_db_url
 from siptrace.redact import redact_url
 
@@ -33,7 +33,6 @@ CAPTURE_QUEUE_BATCHES = 1024  # record batches (up to live.MAX_BATCH each) betwe
 CAPTURE_QUEUE_BYTES = 32 << 20  # and their packets' bytes (a peer sends 64 KB segments)
 LOOP_WAIT_S = 0.05  # the processing loop waits this long for packets before other work
 TICK_NS = 100_000_000  # time-outs checked and rows handed to the writer every 0.1 s
-ROWS_PER_PUT = 1000
 
 
 class Sidecar:
@@ -56,6 +55,7 @@ class Sidecar:
         self._switches: list[tuple[bool, int]] = []
         self._switch_lock = threading.Lock()
         self._rows: list = []
+        self._rows_bytes = 0  # of their messages
         self._trace_on = settings.trace_on
         self._opened: list = []  # closed in reverse order on a failed start
         try:
@@ -191,8 +191,8 @@ class Sidecar:
                 traced = on_packet(wire, now_ns)
                 if traced:
                     emit(traced)
-        if len(self._rows) >= ROWS_PER_PUT:
-            self._flush_rows()
+            if len(self._rows) >= ROWS_PER_PUT or self._rows_bytes >= BYTES_PER_PUT:
+                self._flush_rows()
 
     def _feed_hep(self, ts_ns: int, _record_type: int, data: bytes):
         return self.extractor.feed_hep(ts_ns, data)
@@ -200,7 +200,9 @@ class Sidecar:
     def _emit(self, traced) -> None:
         rows, mirror = self._rows, self.mirror
         for wire, direction, users in traced:
-            rows += trace_rows(wire, direction, users)
+            made = trace_rows(wire, direction, users)
+            rows += made
+            self._rows_bytes += len(wire.sip.raw) * len(made)
             if mirror is not None:
                 mirror.send(wire)
 
@@ -209,6 +211,7 @@ class Sidecar:
             self.stats["rows"] += len(self._rows)
             self.writer.put(self._rows)
             self._rows = []
+            self._rows_bytes = 0
 
     def _apply_inputs(self) -> None:
         """On/off switches, then decisions, in the order they came."""

@@ -55,6 +55,8 @@ from siptrace.errors import SiptraceError
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl(2)
 PIPE_BYTES = 8 << 20
+MERGE_BYTES = 32 << 20  # the child merges waiting frames up to this many bytes
+FRAME_BYTES = 8 << 20  # bounded mode: a frame holds items up to about this many bytes
 REPORT_EVERY = 0.25  # seconds between the child's reports while its stats change
 FLUSH_DELAY = 0.005  # seconds the feeder lets a small frame grow before writing it
 FLUSH_AT = 512  # items that make the feeder write at once
@@ -76,7 +78,9 @@ class WorkerProcess:
     ``queue_limit=None``: blocking mode, ``put`` waits while the child is behind
     (replay: nothing may be dropped). A number: bounded mode, ``put``/``put_one``
     never wait; items beyond the limit are dropped and counted (live capture,
-    mirroring). ``encode(items) -> bytes`` makes a frame (default: pickle).
+    mirroring). ``encode(items) -> bytes`` makes a frame (default: pickle). With
+    ``size(item) -> bytes`` and ``queue_bytes``, the queue is bounded in bytes too, and
+    a frame holds about FRAME_BYTES at most.
 
     Counters, each written by one thread: ``sent`` (items written to the pipe),
     ``dropped`` (refused by ``put``: queue full, or closing), ``unsent`` (never
@@ -89,9 +93,14 @@ class WorkerProcess:
     def __init__(self, factory: Callable, args: tuple = (), *, name: str,
                  queue_limit: int | None = None, max_batch: int = 2048,
                  encode: Callable[[list], bytes] = pickle_frame,
-                 logger: logging.Logger = log, supervise: bool = False):
+                 logger: logging.Logger = log, supervise: bool = False,
+                 size: Callable | None = None, queue_bytes: int | None = None):
         self.name = name
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
+        self._size = size if queue_bytes is not None else None
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.max_batch = max_batch
         self.sent = self.dropped = self.unsent = self.rejected = 0
         self.child: dict = {}
@@ -177,9 +186,14 @@ class WorkerProcess:
             self._put_now(items)
             return
         queue = self._queue
-        if self._closing or len(queue) + n > self.queue_limit:
+        nbytes = sum(map(self._size, items)) if self._size else 0
+        if (self._closing or len(queue) + n > self.queue_limit
+                or (nbytes and self._queued_bytes + nbytes > self.queue_bytes)):
             self.dropped += n
             return
+        if nbytes:
+            with self._bytes_lock:
+                self._queued_bytes += nbytes
         queue.extend(items)
         if len(queue) <= n:
             self._wake.set()
@@ -187,9 +201,14 @@ class WorkerProcess:
     def put_one(self, item) -> None:
         """Bounded mode: one item, queued or dropped; never blocks, never raises."""
         queue = self._queue
-        if self._closing or len(queue) >= self.queue_limit:
+        nbytes = self._size(item) if self._size else 0
+        if (self._closing or len(queue) >= self.queue_limit
+                or (nbytes and self._queued_bytes + nbytes > self.queue_bytes)):
             self.dropped += 1
             return
+        if nbytes:
+            with self._bytes_lock:
+                self._queued_bytes += nbytes
         queue.append(item)
         if len(queue) == 1:
             self._wake.set()
@@ -279,8 +298,7 @@ class WorkerProcess:
                 continue
             if not self._closing and len(queue) < FLUSH_AT:
                 time.sleep(FLUSH_DELAY)
-            popleft = queue.popleft
-            batch = [popleft() for _ in range(min(len(queue), max_batch))]
+            batch = self._take_batch(queue, max_batch)
             if broken:
                 self.unsent += len(batch)
                 continue
@@ -299,6 +317,21 @@ class WorkerProcess:
             if not broken:
                 self.sent += count
         self._end_input()
+
+    def _take_batch(self, queue: deque, max_batch: int) -> list:
+        """The next frame's items: up to max_batch, and up to FRAME_BYTES when items
+        are sized (what they hold is released from the byte bound)."""
+        popleft = queue.popleft
+        if self._size is None:
+            return [popleft() for _ in range(min(len(queue), max_batch))]
+        batch, nbytes, size = [], 0, self._size
+        while queue and len(batch) < max_batch and nbytes < FRAME_BYTES:
+            item = popleft()
+            batch.append(item)
+            nbytes += size(item)
+        with self._bytes_lock:
+            self._queued_bytes -= nbytes
+        return batch
 
     def _frame(self, items: list) -> tuple[bytes, int]:
         """The frame for items and how many it holds; items that cannot be pickled
@@ -425,11 +458,13 @@ def _child_main(factory, args, name, batches, results) -> None:
                 break
             items = pickle.loads(data)
             ended = False
-            while len(items) < merge and batches.poll():  # frames already waiting
+            merged = len(data)
+            while len(items) < merge and merged < MERGE_BYTES and batches.poll():  # waiting
                 data = batches.recv_bytes()
                 if not data:
                     ended = True
                     break
+                merged += len(data)
                 items += pickle.loads(data)
             job.handle(items)
             received += len(items)

@@ -99,6 +99,39 @@ def write_stream_flood(path, streams: int, body_bytes: int) -> int:
         return out.tell()
 
 
+def write_message_flood(path, messages: int, body_bytes: int, at_once: int = 20) -> int:
+    """A pcap of ``messages`` whole INVITEs of ``body_bytes`` each over TCP, ``at_once``
+    streams open at a time (under the stream bound: every message is complete).
+    Returns the bytes written."""
+    syn, psh_ack = 0x02, 0x18
+    ts = 1_700_000_000_000_000
+    body = b"x" * SEGMENT
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for first in range(0, messages, at_once):
+            group = range(first, min(first + at_once, messages))
+            keys = {n: (f"10.2.{n // 250 % 250}.{n % 250 + 1}", 20000 + n % 40000,
+                        "10.0.0.1", 5060) for n in group}
+            seqs = dict.fromkeys(group, 1000)
+
+            def write(n, flags, payload):
+                nonlocal ts
+                frame = _frame(*keys[n], seqs[n], flags, payload)
+                seqs[n] += len(payload) + (1 if flags & syn else 0)
+                ts += 10_000
+                seconds, ns = divmod(ts, 10**9)
+                out.write(struct.pack("<IIII", seconds, ns // 1000, len(frame), len(frame)))
+                out.write(frame)
+
+            for n in group:
+                write(n, syn, b"")
+                write(n, psh_ack, invite_head(n, body_bytes))
+            for sent in range(0, body_bytes, SEGMENT):
+                for n in group:
+                    write(n, psh_ack, body[:min(SEGMENT, body_bytes - sent)])
+        return out.tell()
+
+
 def open_stream_flood(ip: str, port: int, streams: int, body_bytes: int) -> list:
     """``streams`` loopback TCP connections to ip:port, each sending an INVITE that
     announces ANNOUNCED bytes of body and ``body_bytes`` of it, then kept open."""

@@ -244,7 +244,8 @@ def frames(linktype: int, *layers) -> bytes:
     packet = layers[0]
     for layer in layers[1:]:
         packet = packet / layer
-    return bytes(Ether() / packet if linktype == LINKTYPE_ETHERNET else packet)
+    ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # no ARP lookups
+    return bytes(ether / packet if linktype == LINKTYPE_ETHERNET else packet)
 
 
 @pytest.mark.parametrize("linktype", [LINKTYPE_ETHERNET, DLT_RAW])

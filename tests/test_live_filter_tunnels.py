@@ -10,6 +10,7 @@ import socket
 
 import pytest
 from scapy.contrib.gtp import GTP_U_Header
+from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
@@ -45,7 +46,8 @@ def test_compiled_filter_passes_the_encapsulations_and_extension_headers(linktyp
         frames(linktype, IP(src=OTHER, dst="192.0.2.78"), UDP(sport=2152, dport=2152),
                GTP_U_Header(), IP(src=PEER, dst=PROXY), UDP(dport=PORT), sip),
         frames(linktype, IP(src=OTHER, dst="192.0.2.78"), UDP(sport=1234, dport=4789),
-               VXLAN(), Ether(), IP(), UDP(), sip),
+               VXLAN(), Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:04"), IP(), UDP(),
+               sip),
         frames(linktype, IP(src=OTHER, dst="192.0.2.78"), UDP(dport=6081), Raw(bytes(8))),
         frames(linktype, IP(src=OTHER, dst="192.0.2.78"), UDP(dport=9060), Raw(b"HEP3")),
         frames(linktype, IP(src=OTHER, dst="192.0.2.78"), GRE(proto=0x88BE), Raw(bytes(60))),
@@ -61,15 +63,24 @@ def test_compiled_filter_passes_the_encapsulations_and_extension_headers(linktyp
         frames(linktype, IPv6(src="2001:db8::9", dst="2001:db8::8", nh=50), Raw(bytes(40))),
         frames(linktype, IPv6(src="2001:db8::9", dst="2001:db8::8"), TCP(dport=80)),
     ]
+    if linktype == LINKTYPE_ETHERNET:  # MPLS, an Ethernet pseudowire in it too
+        kept += [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x8847)
+                       / MPLS(label=100, s=1) / IP(src=OTHER, dst="192.0.2.78")
+                       / UDP(dport=PORT) / sip),
+                 bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x8848)
+                       / MPLS(label=16, s=0) / MPLS(label=2002, s=1)
+                       / Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:04")
+                       / IP(src=OTHER, dst="192.0.2.78") / UDP(dport=PORT) / sip)]
     for packet in kept:
         assert run_bpf(program, packet) == WHOLE_PACKET, packet.hex()
     for packet in dropped:
         assert run_bpf(program, packet) == 0, packet.hex()
 
 
-def test_live_capture_decodes_sip_inside_vxlan_and_gtpu():
-    """Datagrams sent over loopback to the VXLAN and GTP-U ports, carrying SIP for the
-    proxy: the filter passes them, the decoder opens them (inner addresses)."""
+def test_live_capture_decodes_sip_inside_vxlan_gtpu_and_mpls():
+    """Datagrams sent over loopback to the VXLAN and GTP-U ports, and an MPLS frame put
+    on lo, carrying SIP for the proxy: the filter passes them, the decoder opens them
+    (inner addresses)."""
     if os.geteuid() != 0:
         missing("live capture needs root (CAP_NET_RAW)")
     inner = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -84,14 +95,22 @@ def test_live_capture_decodes_sip_inside_vxlan_and_gtpu():
         receivers.append(receiver)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.bind((PEER, 0))
+    mpls = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x8847)
+                 / MPLS(label=100, s=1) / IP(src="10.20.0.5", dst="10.20.0.6")
+                 / UDP(sport=5060, dport=5060) / Raw(options("mpls1")))
+    frames_out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    frames_out.bind(("lo", 0))
     try:
         with LiveCapture(["lo"], build_filter([(PROXY, PORT)])) as capture:
             sender.sendto(bytes(VXLAN(vni=5)) + inner, (PROXY, 4789))
             sender.sendto(gtp_inner, (PROXY, 2152))
-            records = read_until(capture, 2)
+            frames_out.send(mpls)  # on lo only: an MPLS frame, as a mirror port gives them
+            records = read_until(capture, 3)
     finally:
         sender.close()
+        frames_out.close()
         for receiver in receivers:
             receiver.close()
     found = {(w.src, w.dst, w.sip.call_id) for w in sip_messages(records)}
-    assert found == {("10.20.0.1", "10.20.0.2", "vx1"), ("10.20.0.3", "10.20.0.4", "gtp1")}
+    assert found == {("10.20.0.1", "10.20.0.2", "vx1"), ("10.20.0.3", "10.20.0.4", "gtp1"),
+                     ("10.20.0.5", "10.20.0.6", "mpls1")}

@@ -18,8 +18,9 @@ import pytest
 
 from conftest import PCAPS, missing
 from hostile import (avp_decision, hostile_decisions, nested, open_stream_flood, run_measured,
-                     tree_peak_mb, write_stream_flood)
+                     tree_peak_mb, write_message_flood, write_stream_flood)
 from kamailio_lab import SIPTRACE, Lab, siptrace_status, wait_for
+from storefixtures import any_db  # noqa: F401  (fixture)
 
 MEMORY_CAP_MB = 256  # per process, at the default settings (docs/sidecar.md)
 STREAMS, BODY = 400, 600_000  # 240 MB of incomplete messages, all open at once
@@ -38,6 +39,18 @@ def test_replay_of_many_streams_announcing_large_messages_stays_under_the_cap(tm
     assert status == 0, err
     assert peak < MEMORY_CAP_MB, out
     assert "streams cut at the buffer bound" in out  # counted, not silently lost
+
+
+def test_replay_of_many_whole_megabyte_messages_stays_under_the_cap(tmp_path, any_db):
+    # Rows travel to the store in batches bounded in bytes as well as rows: 600 rows of
+    # 900 KB made one 550 MB batch in each process before (2.1 GB peak into SQLite).
+    capture = tmp_path / "messages.pcap"
+    write_message_flood(capture, 600, 900_000)
+    status, out, err, peak = run_measured([*SIPTRACE, "replay", "--no-progress",
+                                           "--db-url", any_db.url, str(capture)])
+    assert status == 0, err
+    assert "rows stored:         600" in out
+    assert peak < MEMORY_CAP_MB, out
 
 
 def test_replay_of_hostile_decisions_stays_under_the_cap_without_a_traceback(tmp_path):

@@ -17,6 +17,7 @@ from siptrace.decode.payloads import payload_kind
 from siptrace.extract import SipExtractor
 
 A, B = "192.0.2.1", "192.0.2.2"
+MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # scapy would ARP for them
 RTP_HEADER = bytes([0x80, 0x00]) + (1234).to_bytes(2, "big") + bytes(8)  # PCMU, seq 1234
 TLS_CLIENT_HELLO = bytes([22, 3, 1, 0, 4, 1, 0, 0, 0])  # a handshake record, TLS 1.0 framing
 TLS_SERVER_HELLO = bytes([22, 3, 3, 0, 4, 2, 0, 0, 0])
@@ -29,7 +30,7 @@ def replay(capture, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_a_capture_of_only_rtp_says_so(tmp_path):
-    frames = [Ether() / IP(src=A, dst=B) / UDP(sport=40000, dport=40002)
+    frames = [Ether(**MACS) / IP(src=A, dst=B) / UDP(sport=40000, dport=40002)
               / Raw(RTP_HEADER + bytes(160)) for _ in range(30)]
     wrpcap(str(tmp_path / "rtp.pcap"), frames)
     proc = replay(tmp_path / "rtp.pcap", tmp_path)
@@ -41,12 +42,12 @@ def test_a_capture_of_only_rtp_says_so(tmp_path):
 
 def test_a_capture_of_only_tls_says_sip_may_be_in_it_encrypted(tmp_path):
     c, s = dict(src=A, dst=B), dict(src=B, dst=A)
-    frames = [Ether() / IP(**c) / TCP(sport=40000, dport=5061, flags="S", seq=100),
-              Ether() / IP(**s) / TCP(sport=5061, dport=40000, flags="SA", seq=500, ack=101),
-              Ether() / IP(**c) / TCP(sport=40000, dport=5061, flags="A", seq=101, ack=501),
-              Ether() / IP(**c) / TCP(sport=40000, dport=5061, flags="PA", seq=101, ack=501)
+    frames = [Ether(**MACS) / IP(**c) / TCP(sport=40000, dport=5061, flags="S", seq=100),
+              Ether(**MACS) / IP(**s) / TCP(sport=5061, dport=40000, flags="SA", seq=500, ack=101),
+              Ether(**MACS) / IP(**c) / TCP(sport=40000, dport=5061, flags="A", seq=101, ack=501),
+              Ether(**MACS) / IP(**c) / TCP(sport=40000, dport=5061, flags="PA", seq=101, ack=501)
               / Raw(TLS_CLIENT_HELLO),
-              Ether() / IP(**s) / TCP(sport=5061, dport=40000, flags="PA", seq=501, ack=110)
+              Ether(**MACS) / IP(**s) / TCP(sport=5061, dport=40000, flags="PA", seq=501, ack=110)
               / Raw(TLS_SERVER_HELLO)]
     wrpcap(str(tmp_path / "tls.pcap"), frames)
     proc = replay(tmp_path / "tls.pcap", tmp_path)
@@ -60,8 +61,8 @@ def test_sip_with_media_says_what_the_media_is_and_warns_of_nothing(tmp_path):
     invite = (b"INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1"
               b"\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\n"
               b"Call-ID: media@example.com\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
-    frames = [Ether() / IP(src=A, dst=B) / UDP(sport=5060, dport=5060) / Raw(invite)]
-    frames += [Ether() / IP(src=A, dst=B) / UDP(sport=40000, dport=40002)
+    frames = [Ether(**MACS) / IP(src=A, dst=B) / UDP(sport=5060, dport=5060) / Raw(invite)]
+    frames += [Ether(**MACS) / IP(src=A, dst=B) / UDP(sport=40000, dport=40002)
                / Raw(RTP_HEADER + bytes(160)) for _ in range(5)]
     wrpcap(str(tmp_path / "call.pcap"), frames)
     proc = replay(tmp_path / "call.pcap", tmp_path)

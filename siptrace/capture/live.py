@@ -79,10 +79,13 @@ FRAGMENTS = ("(ip[6:2] & 0x1fff != 0) or (ip6 and (ip6[6] == 44 or ip6[6] == 0 "
              "or ip6[6] == 43 or ip6[6] == 60 or ip6[6] == 51))")
 # Encapsulations whose inner addresses a BPF filter cannot reach: passed whole, the
 # decoder opens them and keeps the SIP it finds. GRE (ERSPAN, IP or Ethernet inside),
-# IP-in-IP, and the UDP tunnels by destination port: GTP-U, VXLAN, Geneve, HEP.
+# IP-in-IP, the UDP tunnels by destination port: GTP-U, VXLAN, Geneve, HEP; and MPLS by
+# its EtherTypes (unicast, multicast), not libpcap's `mpls`, which would shift the
+# offsets of every clause after it for all packets.
 TUNNELS = ("ip proto 47 or ip6 proto 47 or ip proto 4 or ip proto 41 or ip6 proto 4 "
            "or ip6 proto 41 or udp dst port 2152 or udp dst port 4789 "
-           "or udp dst port 6081 or udp dst port 9060")
+           "or udp dst port 6081 or udp dst port 9060 or ether proto 0x8847 "
+           "or ether proto 0x8848")
 
 
 def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),

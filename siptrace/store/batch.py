@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Callable
 
 from siptrace.errors import StorageError
@@ -42,6 +43,8 @@ PROBE_EVERY = 0.2  # seconds between connection attempts while the server refuse
 REFUSED_LOG_EVERY = 10.0  # seconds: at most one line about refused rows this often
 SYNC_INTERVAL = 0.05  # seconds between fsyncs of records put() spooled
 IDLE_WAIT = 0.2  # seconds the writer thread sleeps at most while nothing is queued
+MAX_BATCH_BYTES = 8 << 20  # a transaction ends after the rows that reach this many bytes
+QUEUE_BYTES = 32 << 20  # messages waiting for the writer, at most (besides max rows)
 
 
 class BatchWriter:
@@ -51,9 +54,12 @@ class BatchWriter:
                  queue_rows: int = 100_000, spool: Spool | str | None = None,
                  spool_max_bytes: int | None = None, retry_max: float = RETRY_MAX,
                  block: bool = False, on_error: Callable[[str], None] | None = None,
-                 on_refused: Callable[[str], None] | None = None, thread: bool = True):
+                 on_refused: Callable[[str], None] | None = None, thread: bool = True,
+                 max_bytes: int = MAX_BATCH_BYTES, queue_bytes: int = QUEUE_BYTES):
         self.store = store
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.queue_bytes = queue_bytes
         self.max_delay = max_delay
         self.queue_rows = queue_rows
         self.block = block
@@ -76,6 +82,7 @@ class BatchWriter:
         self._refused_now = 0  # rows of the transaction being written that were refused
         self._queue: deque = deque()
         self._queued = 0
+        self._queued_bytes = 0  # of the messages queued (rows' msg column)
         self._held: list | None = None  # a failed batch kept in memory when there is no spool
         self._held_marker = None  # its marker when its COMMIT outcome is unknown
         self._cond = threading.Condition()
@@ -102,15 +109,20 @@ class BatchWriter:
         if self._thread is None:
             self._write_now(rows)
             return
+        nbytes = _msg_bytes(rows)
         with self._cond:
             if self.block:
-                while self._queued and self._queued + n > self.queue_rows \
-                        and not self._stopping:
+                while self._queued and not self._stopping and (
+                        self._queued + n > self.queue_rows
+                        or self._queued_bytes + nbytes > self.queue_bytes):
                     self._cond.wait()
-            if self._queued + n <= self.queue_rows or (self.block and not self._queued):
+            if (self._queued + n <= self.queue_rows
+                    and self._queued_bytes + nbytes <= self.queue_bytes) \
+                    or (self.block and not self._queued):
                 if not self._stopping:
                     self._queue.append(rows)
                     self._queued += n
+                    self._queued_bytes += nbytes
                     if self._queued >= self.max_rows or not self.max_delay:
                         self._cond.notify_all()
                     return
@@ -195,7 +207,8 @@ class BatchWriter:
         with self._cond:
             started = time.monotonic()
             idle = max(self.max_delay, IDLE_WAIT)
-            while self._queued < self.max_rows and not self._stopping:
+            while (self._queued < self.max_rows and self._queued_bytes < self.max_bytes
+                   and not self._stopping):
                 if self.spool is not None and self.spool.records and self._is_up():
                     break  # spool to drain: do not sit waiting for rows
                 left = (self.max_delay if self._queued else idle) - (time.monotonic() - started)
@@ -203,14 +216,18 @@ class BatchWriter:
                     break
                 self._cond.wait(left)
             batch = []
-            while self._queue and len(batch) < self.max_rows:
+            taken = 0  # bytes: a batch ends after the put that reaches max_bytes
+            while self._queue and len(batch) < self.max_rows and taken < self.max_bytes:
                 rows = self._queue.popleft()
                 room = self.max_rows - len(batch)
                 if len(rows) > room:
                     self._queue.appendleft(rows[room:])
                     rows = rows[:room]
                 batch.extend(rows)
+                nbytes = _msg_bytes(rows)
+                taken += nbytes
                 self._queued -= len(rows)
+                self._queued_bytes -= nbytes
             self._busy = bool(batch)
             if batch and self.block:
                 self._cond.notify_all()  # room for a waiting put()
@@ -255,7 +272,7 @@ class BatchWriter:
                 lost = len(self._held) + self._queued
                 self._held = None
                 self._queue.clear()
-                self._queued = 0
+                self._queued = self._queued_bytes = 0
             self.counts["dropped"] += lost
 
     def _is_up(self) -> bool:
@@ -409,3 +426,8 @@ class BatchWriter:
 def _now() -> str:
     """The time of an error as status shows it: UTC, ISO 8601, seconds."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _msg_bytes(rows) -> int:
+    """Bytes of the rows' messages (the msg column: what makes a row large)."""
+    return sum(map(len, map(itemgetter(3), rows)))

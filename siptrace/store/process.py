@@ -36,6 +36,8 @@ from siptrace.worker import WorkerProcess, WorkerStopped
 
 GC_YOUNG_OBJECTS = 200_000  # the child's cycle collector runs this seldom (StoreJob)
 MAX_TRANSACTION_ROWS = 10_000  # replay: rows in one transaction at most
+ROW_OVERHEAD = 300  # bytes of a row besides its message: the tuple and its strings
+MAX_QUEUED_BYTES = 64 << 20  # live: bytes of messages waiting in this process, at most
 MAX_QUEUED_ROWS = 200_000  # live: rows waiting in this process; beyond, put() drops
 MAX_ROWS_PER_SEND = 5_000  # live: queued rows merged into one frame up to this
 LIVE_CLOSE_TIMEOUT = 60.0  # live: seconds close() waits for the child
@@ -46,6 +48,11 @@ COUNTERS = ("rows_written", "batches", "spooled", "dropped", "errors", "rejected
             "set_aside", "index_errors", "calls_indexed")
 
 log = logging.getLogger("siptrace.store")
+
+
+def _row_bytes(row) -> int:
+    """About the bytes a queued row holds: its message and the rest."""
+    return len(row[3]) + ROW_OVERHEAD
 
 
 def _rows_frame(rows: list) -> bytes:
@@ -74,7 +81,8 @@ class ProcessWriter:
         self._worker = WorkerProcess(
             StoreJob, (settings,), name="store process", encode=_rows_frame, logger=log,
             queue_limit=max_queued_rows if self.live else None,
-            max_batch=MAX_ROWS_PER_SEND, supervise=self.live)
+            max_batch=MAX_ROWS_PER_SEND, supervise=self.live, size=_row_bytes,
+            queue_bytes=MAX_QUEUED_BYTES if self.live else None)
 
     def put(self, rows) -> None:
         try:
