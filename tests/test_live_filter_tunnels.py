@@ -14,7 +14,7 @@ from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
@@ -70,7 +70,11 @@ def test_compiled_filter_passes_the_encapsulations_and_extension_headers(linktyp
                  bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x8848)
                        / MPLS(label=16, s=0) / MPLS(label=2002, s=1)
                        / Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:04")
-                       / IP(src=OTHER, dst="192.0.2.78") / UDP(dport=PORT) / sip)]
+                       / IP(src=OTHER, dst="192.0.2.78") / UDP(dport=PORT) / sip),
+                 # QinQ, both tags in the frame (802.1ad outer, 802.1Q inner)
+                 bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88A8)
+                       / Dot1Q(vlan=10, type=0x8100) / Dot1Q(vlan=20)
+                       / IP(src=PEER, dst=PROXY) / UDP(dport=PORT) / sip)]
     for packet in kept:
         assert run_bpf(program, packet) == WHOLE_PACKET, packet.hex()
     for packet in dropped:

@@ -79,13 +79,16 @@ FRAGMENTS = ("(ip[6:2] & 0x1fff != 0) or (ip6 and (ip6[6] == 44 or ip6[6] == 0 "
              "or ip6[6] == 43 or ip6[6] == 60 or ip6[6] == 51))")
 # Encapsulations whose inner addresses a BPF filter cannot reach: passed whole, the
 # decoder opens them and keeps the SIP it finds. GRE (ERSPAN, IP or Ethernet inside),
-# IP-in-IP, the UDP tunnels by destination port: GTP-U, VXLAN, Geneve, HEP; and MPLS by
-# its EtherTypes (unicast, multicast), not libpcap's `mpls`, which would shift the
-# offsets of every clause after it for all packets.
+# IP-in-IP, the UDP tunnels by destination port: GTP-U, VXLAN, Geneve, HEP; MPLS by its
+# EtherTypes (unicast, multicast), and VLAN tags the kernel left in the frame (QinQ:
+# 802.1ad, the old 0x9100, and the inner 802.1Q tag once the outer one is stripped),
+# by EtherType too: libpcap's `mpls` and `vlan` would shift the offsets of every clause
+# after them, for all packets.
 TUNNELS = ("ip proto 47 or ip6 proto 47 or ip proto 4 or ip proto 41 or ip6 proto 4 "
            "or ip6 proto 41 or udp dst port 2152 or udp dst port 4789 "
            "or udp dst port 6081 or udp dst port 9060 or ether proto 0x8847 "
-           "or ether proto 0x8848")
+           "or ether proto 0x8848 or ether proto 0x8100 or ether proto 0x88a8 "
+           "or ether proto 0x9100")
 
 
 def build_filter(proxies: Iterable[tuple[str | None, int | None]] = (),
