@@ -1,4 +1,5 @@
-"""The mode of files that hold SIP messages (database, spool, recorded decisions).
+"""The mode of files that hold SIP messages (database, spool, recorded decisions), and
+of the spool directory.
 
 They are created 0600 whatever the umask, or 0640 in a set-group-ID directory: the
 administrator's way to share a directory with a group (its files inherit the
@@ -11,6 +12,8 @@ import stat
 
 PRIVATE = 0o600
 GROUP_READABLE = 0o640
+PRIVATE_DIR = 0o700
+GROUP_DIR = 0o2750  # set-group-ID kept: what is made in it is the group's too
 
 
 def private_mode(directory) -> int:
@@ -42,3 +45,16 @@ def create_private(path) -> None:
         os.close(private_opener(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         pass
+
+
+def create_private_dir(path) -> None:
+    """Create the directory ``path`` (its parents as usual) unless it exists: 0700, or
+    02750 in a set-group-ID directory, whatever the umask. An existing one is left."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path, PRIVATE_DIR)
+    except FileExistsError:
+        return
+    shared = private_mode(os.path.dirname(path)) == GROUP_READABLE
+    os.chmod(path, GROUP_DIR if shared else PRIVATE_DIR)

@@ -61,6 +61,7 @@ def test_spool_segments(directory, mask):
         segments = list((path / "spool").glob("*.seg"))
         spool.close()
     assert segments and {mode(p) for p in segments} == {expected}
+    assert mode(path / "spool") == (0o2750 if expected == 0o640 else 0o700)
 
 
 @pytest.mark.parametrize("mask", UMASKS)

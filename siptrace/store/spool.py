@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from siptrace.errors import StorageError
-from siptrace.filemode import private_opener
+from siptrace.filemode import create_private_dir, private_opener
 from siptrace.rows import EPOCH, TraceRow, date_text
 from siptrace.store.marker import Marker
 
@@ -107,7 +107,7 @@ class Spool:
         self._dirty = False
         self._head: SpoolRecord | None = None
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            create_private_dir(self.dir)
             self._lock_file = open(self.dir / "lock", "a")
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._lock_file.truncate(0)
