@@ -108,9 +108,9 @@ class SipExtractor:
         self.decoder = decoder or PacketDecoder()
         self.streams = streams or TcpMessageAssembler()
         self._stats: Counter = Counter()
-        self._udp_kinds: Counter = Counter()  # UDP payloads not SIP, by what they carry
+        self._udp_kinds: Counter = Counter()  # UDP payloads not SIP (non_sip), by kind
         # The per-packet counts are plain ints (cheaper than a Counter update).
-        self._sip_messages = self._non_sip = 0
+        self._sip_messages = 0
         self.malformed_samples: list[str] = []
 
     @property
@@ -118,7 +118,7 @@ class SipExtractor:
         """The counts (see the class docstring), the per-packet ones brought up to date."""
         stats = self._stats
         stats["sip_messages"] = self._sip_messages
-        stats["non_sip"] = self._non_sip
+        stats["non_sip"] = self._udp_kinds.total()
         return stats
 
     def fates(self) -> dict[str, int]:
@@ -128,7 +128,7 @@ class SipExtractor:
         the fate of the packet that completed it. Derived from the counters at the
         time of asking: nothing is counted twice per packet."""
         p = self.decoder.stats
-        non_sip = self._non_sip
+        non_sip = self._udp_kinds.total()
         return dict(zip(FATES, (
             p["udp"] - non_sip, p["tcp"], non_sip, p["sctp"], p["hep"],
             p["fragments"] - p["reassembled"] - p["fragments_malformed"],
@@ -199,7 +199,6 @@ class SipExtractor:
         datagrams pay for the tunnel check."""
         inner = self.decoder.decapsulate(pkt)
         if inner is None:
-            self._non_sip += 1
             self._udp_kinds[payload_kind(pkt.payload, pkt.sport, pkt.dport)] += 1
             return []
         out = []
@@ -231,7 +230,6 @@ class SipExtractor:
                 if message.defects:
                     self._defective(message)
                 return message
-        self._non_sip += 1
         self._udp_kinds[payload_kind(payload)] += 1
         return None
 

@@ -170,8 +170,9 @@ def export_command(settings, patterns: list[str], filt: CallFilter | None, *, ou
 
 
 def _as_row(m) -> tuple:
-    """A stored message in the column order the call index folds."""
-    return (m.date, m.callid, m.traced_user, m.msg, m.method, m.status, m.fromip, m.toip)
+    """A stored message in the column order the call index folds, its date as the
+    column's text (a driver returns a datetime)."""
+    return (str(m.date), m.callid, m.traced_user, m.msg, m.method, m.status, m.fromip, m.toip)
 
 
 def index_command(settings, *, rebuild: bool):

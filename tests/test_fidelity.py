@@ -217,7 +217,7 @@ def test_messages_equal_wiresharks(path, oracle_runs):
         # Not a capture at all: Wireshark must refuse it too.
         with pytest.raises(TSharkCrashException):
             oracle_runs[path].result()
-        pytest.skip(f"not a capture, refused by both siptrace and tshark: {exc}")
+        return  # not a capture, refused by both siptrace and tshark: they agree
     census = oracle_runs[path].result()
     theirs = [oracle_compared(m) for m in census.messages]
     if Counter(s.fields for s in ours) == Counter(s.fields for s in theirs):
@@ -240,7 +240,7 @@ def test_messages_dated_by_the_packet_that_completes_them(path, oracle_runs):
     try:
         ours = siptrace_messages(path)
     except CaptureFormatError:
-        pytest.skip("not a capture (test_messages_equal_wiresharks checks tshark agrees)")
+        return  # not a capture: test_messages_equal_wiresharks checks tshark agrees
     waiting: dict[Compared, list[Seen]] = {}
     for seen in map(oracle_compared, oracle_runs[path].result().messages):
         waiting.setdefault(seen.fields, []).append(seen)

@@ -62,8 +62,9 @@ class CallIndexer:
         """Fold rows, given as columns in sip_trace order (date, callid, traced_user, msg
         as bytes, method, status, fromip, toip; more are ignored), into the index;
         returns the number of calls written. Values are as the trace table holds them
-        (the Call-ID already escaped, store/text.py): the writer hands over the columns
-        it has just stored, ``siptrace index`` what it read (``columns_of``).
+        (dates as its text, the Call-ID already escaped, store/text.py): the writer
+        hands over the columns it has just stored, ``siptrace index`` what it read
+        (``columns_of``).
 
         ``last_id``: the highest row id among the rows when the caller knows it;
         otherwise the table's highest id is recorded.
@@ -75,8 +76,6 @@ class CallIndexer:
         dates, callids, users, msgs, methods, statuses, fromips, toips = columns
         if not callids:
             return 0
-        if not isinstance(dates[0], str):  # the date column's text, whoever read it
-            dates = list(map(str, dates))
         if max(map(len, callids)) > VARCHAR_WIDTHS["callid"]:  # as the trace table cuts them
             callids = [callid[:VARCHAR_WIDTHS["callid"]] for callid in callids]
         keep = self._not_copies(callids, users, dates, fromips, toips, msgs)
@@ -124,7 +123,7 @@ class CallIndexer:
         their copies for traced users, stored after them, are known as copies."""
         for date, callid, traced_user, msg, method, status, fromip, toip, *_ in rows:
             recent = self._recent.setdefault(callid, deque(maxlen=RECENT_PER_CALL))
-            recent.append(hash((str(date), fromip, toip, msg)))
+            recent.append(hash((date, fromip, toip, msg)))
 
     def _load(self, callids: set[str]) -> dict[str, CallSummary]:
         """Summaries for ``callids``: from the cache, else the index, else new ones."""
