@@ -213,7 +213,7 @@ def test_messages_equal_wiresharks(path, oracle_runs):
         missing(f"{REAL_PCAPS} is absent: the third-party captures are not beside the checkout")
     try:
         ours = siptrace_messages(path)
-    except CaptureFormatError as exc:
+    except CaptureFormatError:
         # Not a capture at all: Wireshark must refuse it too.
         with pytest.raises(TSharkCrashException):
             oracle_runs[path].result()
