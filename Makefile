@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := tshark tcpdump sqlite3 sip-tester kamailio kamailio-python3-modules \
+DEBIAN_PACKAGES := clickhouse-server clickhouse-client tshark tcpdump sqlite3 sip-tester kamailio kamailio-python3-modules \
 	kamailio-sqlite-modules kamailio-mysql-modules kamailio-postgres-modules sngrep \
 	chromium chromium-driver
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

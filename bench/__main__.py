@@ -1,6 +1,6 @@
 """`make bench`: siptrace against the tools users would pick instead, in one run.
 
-    python -m bench [--skip live,backends,mirror,views] [--live-seconds 60] [--json FILE]
+    python -m bench [--skip live,backends,clickhouse,mirror,views] [--live-seconds 60] [--json FILE]
 
 Speeds are reported as ratios between tools measured side by side on the same file,
 since absolute times on a shared 2-core machine mean little.
@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.build_capture import ensure_bench_capture
 from bench.replay import BIN, bench_replay
 
-SECTIONS = ("replay", "views", "backends", "mirror", "live")
+SECTIONS = ("replay", "views", "backends", "clickhouse", "mirror", "live")
 REPLAY_GOAL = 1.25  # siptrace replay (call index kept) against sngrep, at least
 
 
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             results["views"] = views_section(capture, work, results.get("replay"))
         if "backends" not in skip:
             results["backends"] = backends_section(capture, work)
+        if "clickhouse" not in skip:
+            from bench.clickhouse import clickhouse_section
+            results["clickhouse"] = clickhouse_section(capture, work)
         if "mirror" not in skip:
             results["mirror"] = mirror_section(capture, work)
         if "live" not in skip:

@@ -1,7 +1,8 @@
 """What the read commands do: show, calls, flow, export and index. Output is printed here.
 
-Each opens the table with TraceReader, which creates nothing: a missing SQLite file
-or table is one line of error. ``index`` is the one that writes (the call index).
+Each opens the table with the backend's reader (store/backends.py), which creates
+nothing: a missing SQLite file or table is one line of error. ``index`` is the one that
+writes (the call index; ClickHouse has none and needs none).
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ from pathlib import Path
 import typer
 
 from siptrace.errors import ConfigError
-from siptrace.store.reader import TraceReader
+from siptrace.store.backends import open_reader
 from siptrace.store.text import clean_text, text_to_msg
 from siptrace.view import tables
 from siptrace.view.search import CallFilter
@@ -46,12 +47,12 @@ def _typed(filt: CallFilter) -> CallFilter:
 
 def check_readable(settings) -> None:
     """Fail now, in one line, when the table cannot be read (before serving it)."""
-    with TraceReader(settings.db_url, settings.table):
+    with open_reader(settings.db_url, settings.table):
         pass
 
 
 def show_command(settings, *, callid: str | None, limit: int, full: bool, json_out: bool):
-    with TraceReader(settings.db_url, settings.table) as reader:
+    with open_reader(settings.db_url, settings.table) as reader:
         rows = reader.rows(callid=clean_text(callid) if callid else None, limit=limit)
     if json_out:
         _emit(tables.as_json([tables.row_dict(m, with_msg=full) for m in rows]), json=True)
@@ -68,7 +69,7 @@ def show_command(settings, *, callid: str | None, limit: int, full: bool, json_o
 
 
 def calls_command(settings, filt: CallFilter, *, output: str):
-    with TraceReader(settings.db_url, settings.table) as reader:
+    with open_reader(settings.db_url, settings.table) as reader:
         calls = reader.search(_typed(filt))
         lag = reader.index_lag()
     if lag:
@@ -86,7 +87,7 @@ def calls_command(settings, filt: CallFilter, *, output: str):
             typer.echo(f"(first {filt.limit}; --limit for more)", err=True)
 
 
-def resolve_callids(reader: TraceReader, patterns: list[str], related: bool) -> list[str]:
+def resolve_callids(reader, patterns: list[str], related: bool) -> list[str]:
     """Call-IDs as given (in stored form); a glob (* or ?) resolves through the call index."""
     from siptrace.view.search import parse_filter
 
@@ -112,7 +113,7 @@ def flow_command(settings, patterns: list[str], *, related: bool, full: bool,
                  svg: Path | None, html: Path | None, color: bool | None):
     from siptrace.view.ladder import build_ladder, render_text
 
-    with TraceReader(settings.db_url, settings.table) as reader:
+    with open_reader(settings.db_url, settings.table) as reader:
         callids = resolve_callids(reader, patterns, related)
         messages = reader.messages(callids)
     if not messages:
@@ -142,7 +143,7 @@ def export_command(settings, patterns: list[str], filt: CallFilter | None, *, ou
                    fmt: str, related: bool):
     from siptrace.view.pcapout import write_capture
 
-    with TraceReader(settings.db_url, settings.table) as reader:
+    with open_reader(settings.db_url, settings.table) as reader:
         callids = resolve_callids(reader, patterns, False) if patterns else []
         if filt is not None:
             callids += [c.callid for c in reader.search(_typed(filt))]
@@ -181,7 +182,10 @@ def index_command(settings, *, rebuild: bool):
     from siptrace.store.schema import index_state_model
     from siptrace.store.urls import storage_error
 
-    with TraceReader(settings.db_url, settings.table) as reader:
+    with open_reader(settings.db_url, settings.table) as reader:
+        if reader.url.dialect == "clickhouse":
+            raise ConfigError("a ClickHouse table has no call index and needs none: its "
+                              "searches read the table itself")
         indexer = CallIndexer(reader.database, settings.table)
         state = index_state_model(reader.database)
         try:

@@ -16,7 +16,7 @@ PCAPS = REPO / "pcaps"
 REAL_PCAPS = REPO.parent / "shared" / "real-pcaps"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-pytest_plugins = ["storefixtures"]
+pytest_plugins = ["storefixtures", "clickhousefixtures"]
 
 
 def missing(reason: str):

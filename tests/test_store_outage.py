@@ -207,12 +207,27 @@ def test_replay_waits_for_a_server_stopped_under_load(db, dialect):
     # Every row here is a call of its own: the call index would make this test about
     # the index's speed, not about the writer's waiting.
     writer = ProcessWriter(db.url, "sip_trace", call_index=False)
+    before, at_restart = replay_through_an_outage(
+        writer, rows, lambda: stop_server(dialect), lambda: start_server(dialect), OUTAGE_S / 2)
+    assert before == at_restart < len(rows), "put() went on with the server down"
+    stats = writer.stats
+    assert stats["rows_written"] == len(rows) and stats["dropped"] == 0, stats
+    assert stats["errors"] >= 1, stats
+    assert_stored_once_in_order(db, "replay", [r.callid for r in rows])
+
+
+def replay_through_an_outage(writer, rows, stop, start, outage: float,
+                             rate: float = 8_000) -> tuple[int, int]:
+    """Feed ``rows`` to a ProcessWriter as replay_files does (1,000-row puts at ``rate``
+    rows/s); once some are stored, ``stop()`` the server and ``start()`` it ``outage``
+    seconds later; then close the writer, every row put. Returns the rows put 2 s
+    before the restart and at the restart."""
     progress = [0]
 
-    def feed():  # as replay_files does, 1,000-row puts, at 8,000 rows/s
+    def feed():
         started = time.monotonic()
         for i in range(0, len(rows), 1000):
-            time.sleep(max(0.0, started + i / 8_000 - time.monotonic()))
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
             writer.put(rows[i:i + 1000])
             progress[0] = i + 1000
 
@@ -223,17 +238,14 @@ def test_replay_waits_for_a_server_stopped_under_load(db, dialect):
         while not writer.stats["rows_written"]:
             assert time.monotonic() < deadline, writer.stats
             time.sleep(0.05)
-        stop_server(dialect)
-        time.sleep(OUTAGE_S / 2 - 2)
-        stalled_at = progress[0]
+        stop()
+        time.sleep(outage - 2)
+        before = progress[0]
         time.sleep(2)
-        assert progress[0] == stalled_at < len(rows), "put() went on with the server down"
+        at_restart = progress[0]
     finally:
-        start_server(dialect)
+        start()
     feeder.join(120)
     assert progress[0] == len(rows)
     writer.close(timeout=120)
-    stats = writer.stats
-    assert stats["rows_written"] == len(rows) and stats["dropped"] == 0, stats
-    assert stats["errors"] >= 1, stats
-    assert_stored_once_in_order(db, "replay", [r.callid for r in rows])
+    return before, at_restart

@@ -7,12 +7,15 @@ import pytest
 
 from conftest import REPO, require_tool
 from siptrace.store import TraceStore
+from siptrace.store.clickhouse.schema import DATETIME64_SINCE
+from siptrace.store.clickhouse.schema import table_ddl as clickhouse_ddl
 from siptrace.store.schema import table_ddl
 from storefixtures import MY, PG, any_db, make_rows  # noqa: F401  (fixtures)
 
 # One file per dialect, one command for the DBA each (their headers say which).
 SCHEMA_FILES = {"mysql": REPO / "schema.sql", "postgresql": REPO / "schema-postgresql.sql",
                 "sqlite": REPO / "schema-sqlite.sql"}
+CLICKHOUSE_SCHEMA = REPO / "schema-clickhouse.sql"  # a cluster's, for current releases
 
 
 def schema_statements(dialect: str) -> list[str]:
@@ -32,8 +35,18 @@ def test_schema_sql_is_what_siptrace_runs(dialect):
     assert [one_line(s) for s in schema_statements(dialect)] == table_ddl(dialect)
 
 
+def test_the_clickhouse_schema_file_is_what_siptrace_renders_for_a_cluster():
+    text = CLICKHOUSE_SCHEMA.read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    statements = [one_line(s) for s in body.split(";") if s.strip()]
+    rendered = clickhouse_ddl("sip_trace", DATETIME64_SINCE, cluster="siptrace",
+                              database="siptrace")
+    assert statements == [one_line(s) for s in rendered]
+
+
 def test_every_schema_file_is_checked():
-    assert sorted(REPO.glob("schema*.sql")) == sorted(SCHEMA_FILES.values())
+    assert sorted(REPO.glob("schema*.sql")) == sorted([*SCHEMA_FILES.values(),
+                                                       CLICKHOUSE_SCHEMA])
 
 
 def client_command(db) -> list[str]:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,22 @@ def test_batch_writer_stores_every_row_once_in_order(any_db, tmp_path):
     assert stats["rows_written"] == len(rows) and stats["dropped"] == 0 and stats["errors"] == 0
     assert stats["pending"] == 0 and stats["spool_depth"] == 0
     assert callids(any_db) == [r.callid for r in rows]
+
+
+def test_a_batch_that_reaches_max_bytes_is_written_without_waiting_for_max_delay(tmp_path):
+    """The byte limit ends a batch as the row limit does: the writer is woken at once."""
+    url = f"sqlite:///{tmp_path / 'bytes.db'}"
+    rows = make_rows(300, "b")
+    writer = BatchWriter(TraceStore(url), max_rows=100_000, max_delay=3600,
+                         max_bytes=sum(len(r.msg) for r in rows[:100]))
+    try:
+        writer.put(rows)
+        deadline = time.monotonic() + 60
+        while writer.stats["rows_written"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.stats["rows_written"] >= 100, writer.stats
+    finally:
+        writer.close()
 
 
 def test_process_writer_stores_every_row_once_in_order(any_db):

@@ -272,6 +272,9 @@ def test_related_legs_are_linked_both_ways(web):
     ("/call", 400, "callid: missing"),
     ("/message?id=999999", 404, "no message with id 999999"),
     ("/message?id=x", 400, "row id"),
+    ("/message?id=%C2%B2", 400, "row id"),
+    ("/message?id=18446744073709551616", 400, "row id"),  # 2**64: no backend's id
+    ("/message?id=9223372036854775808", 404, "no message with id"),  # beyond a BIGINT
     ("/nowhere", 404, "Not Found"),
 ])
 def test_missing_things_are_one_line(web, path, status, message):
@@ -454,7 +457,7 @@ def test_an_unexpected_error_is_a_500_line(db_url, monkeypatch):
     class Broken:
         def __init__(self, *args):
             raise RuntimeError("a bug")
-    monkeypatch.setattr(web_app, "TraceReader", Broken)
+    monkeypatch.setattr(web_app, "open_reader", Broken)
     with ThreadServer(create_app(db_url, "sip_trace")) as server:
         reply = get(server.base + "/")
     assert reply.status == 500

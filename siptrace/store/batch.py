@@ -123,7 +123,8 @@ class BatchWriter:
                     self._queue.append(rows)
                     self._queued += n
                     self._queued_bytes += nbytes
-                    if self._queued >= self.max_rows or not self.max_delay:
+                    if (self._queued >= self.max_rows or not self.max_delay
+                            or self._queued_bytes >= self.max_bytes):
                         self._cond.notify_all()
                     return
         self.counts["overflow"] += n
@@ -186,6 +187,7 @@ class BatchWriter:
             "last_error_at": self.last_error_at,
             "last_incident": self.last_incident,
             "last_incident_at": self.last_incident_at,
+            "already_stored": self.counts["already_stored"],
             "rejected": self.counts["rejected"],
             "set_aside": self.counts["set_aside"],
             "last_rejected": self.last_rejected,
@@ -318,9 +320,8 @@ class BatchWriter:
         self._wait_until_up()
         batch, marker = self._held, self._held_marker
         try:
-            if marker is not None and self.store.landed(marker):
-                self.counts["already_stored"] += len(batch)
-            else:
+            batch = self._unstored(batch, [marker] if marker is not None else [])
+            if batch:
                 self.store.insert(batch, set_aside=self._set_aside)
                 self._succeeded(len(batch))
         except Exception as exc:  # StorageError; anything else is a bug, counted the same
@@ -357,20 +358,27 @@ class BatchWriter:
             if record is None:
                 return
             try:
-                if any(self.store.landed(m) for m in record.markers):
-                    self.counts["already_stored"] += len(record.rows)
+                rows = self._unstored(record.rows, record.markers)
+                if not rows:
                     spool.ack()
                     continue
-                self.store.insert(record.rows, before_commit=spool.set_inflight,
+                self.store.insert(rows, before_commit=spool.set_inflight,
                                   set_aside=self._set_aside)
             except StorageError as exc:
                 self._failed(exc)
                 return
             spool.ack()
-            self._succeeded(len(record.rows))
+            self._succeeded(len(rows))
             with self._cond:
                 if self._queued >= self.max_rows or (self._stopping and self._queue):
                     return  # move queued rows behind the spool before they pile up
+
+    def _unstored(self, rows: list, markers) -> list:
+        """The rows of a batch still to store: those of a batch whose outcome was in
+        doubt (``markers``) that the table does not hold (the store says which)."""
+        left = self.store.unstored(rows, markers)
+        self.counts["already_stored"] += len(rows) - len(left)
+        return left
 
     def _succeeded(self, n: int) -> None:
         """``n`` rows handled (stored, or refused and set aside)."""

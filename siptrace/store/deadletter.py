@@ -110,10 +110,10 @@ def describe(entry: SetAside) -> str:
 def replay_with_settings(settings) -> tuple:
     """`siptrace deadletter replay`: the rows set aside in ``settings.spool_dir`` into
     ``settings.db_url``'s table; (rows tried, rows stored)."""
-    from siptrace.store.tracestore import TraceStore
+    from siptrace.store.backends import open_store
 
     back = DeadLetter(settings.spool_dir, settings.spool_max_bytes)
-    with TraceStore(settings.db_url, settings.table, call_index=settings.call_index) as store:
+    with open_store(settings.db_url, settings.table, call_index=settings.call_index) as store:
         return replay_deadletter(settings.spool_dir, store.insert, back.append)
 
 

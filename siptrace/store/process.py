@@ -1,6 +1,7 @@
 """The store in a child process: replay's ProcessWriter and live capture's LiveWriter.
 
-Both run the same child (siptrace/worker.py): a TraceStore under a BatchWriter,
+Both run the same child (siptrace/worker.py): a store (TraceStore, or ClickHouseStore
+with its larger batches) under a BatchWriter,
 fed rows through a pipe. They differ in how ``put`` hands rows over and in the
 BatchWriter's settings:
 
@@ -44,7 +45,7 @@ LIVE_CLOSE_TIMEOUT = 60.0  # live: seconds close() waits for the child
 LIVE_DRAIN_TIMEOUT = 45.0  # live: seconds the child's writer drains the spool at close
 SPOOL_WAIT = LIVE_CLOSE_TIMEOUT + 5  # live: seconds to wait for an earlier store process
 # Counters summed over the children of a supervised writer (the rest are gauges).
-COUNTERS = ("rows_written", "batches", "spooled", "dropped", "errors", "rejected",
+COUNTERS = ("rows_written", "batches", "spooled", "dropped", "errors", "already_stored", "rejected",
             "set_aside", "index_errors", "calls_indexed")
 
 log = logging.getLogger("siptrace.store")
@@ -160,20 +161,21 @@ class LiveWriter(ProcessWriter):
 
 
 class StoreJob:
-    """The child's side: a TraceStore under a BatchWriter (built by worker.py)."""
+    """The child's side: the URL's store under a BatchWriter (built by worker.py)."""
 
     def __init__(self, settings: dict, *, log):
         from siptrace.store.batch import BatchWriter
 
-        from siptrace.store.tracestore import TraceStore
+        from siptrace.store.backends import open_store
 
         # Each batch is thousands of tuples made, stored and dropped again, and they
         # make no reference cycles: the cycle collector's default, a young pass every
         # 700 new objects, would walk them for nothing (-5 % of this process's CPU).
         gc.set_threshold(GC_YOUNG_OBJECTS, 100, 1000)
         self.live = settings["live"]
-        store = TraceStore(settings["db_url"], settings["table"],
+        store = open_store(settings["db_url"], settings["table"],
                            call_index=settings["call_index"])
+        batch = getattr(store, "batch", {})  # a column store wants larger, fewer batches
         try:
             store.connect()  # the table exists from the start, as an operator expects
         except StorageError:
@@ -185,7 +187,7 @@ class StoreJob:
                 "spool_max_bytes": settings["spool_max_bytes"]}
             spool_dir = settings["spool_dir"] or None
             then = "spooling rows and retrying" if spool_dir else "retrying"
-            self.writer = BatchWriter(store, spool=spool_dir, **kwargs,
+            self.writer = BatchWriter(store, spool=spool_dir, **kwargs, **batch,
                                       on_error=lambda text: log(f"{text} ({then})"),
                                       on_refused=log)
         else:
@@ -196,9 +198,11 @@ class StoreJob:
             threaded = store.dialect != "sqlite"
             if not threaded:
                 self.merge_items = MAX_TRANSACTION_ROWS
+            # A replay takes what is queued at once, except into a column store, whose
+            # batches wait (max_delay) to fill: one part per INSERT, few and large.
+            sizes = {"max_rows": MAX_TRANSACTION_ROWS, "max_delay": 0.0, **batch}
             self.writer = BatchWriter(
-                store, max_rows=MAX_TRANSACTION_ROWS, max_delay=0.0,
-                queue_rows=MAX_TRANSACTION_ROWS, block=True, thread=threaded,
+                store, **sizes, queue_rows=sizes["max_rows"], block=True, thread=threaded,
                 on_error=lambda text: log(f"{text} (replay waits and retries)"),
                 on_refused=log)
 

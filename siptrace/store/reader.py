@@ -143,6 +143,8 @@ class TraceReader:
         return unique_messages(out)
 
     def message(self, row_id: int) -> StoredMessage | None:
+        if not 0 <= row_id < 1 << 63:  # beyond a BIGINT: no such row
+            return None
         self.open()
         query = self._select().dicts().where(self._trace.c.id == row_id)
         found = self._run("read a message", query)

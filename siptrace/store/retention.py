@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from siptrace.errors import ConfigError, StorageError
 from siptrace.store.tracestore import TraceStore
-from siptrace.store.urls import storage_error
+from siptrace.store.urls import parse_db_url, storage_error
 from siptrace.timespec import parse_duration
 
 
@@ -65,8 +65,13 @@ def _delete_batches(store: TraceStore, when, batch: int) -> int:
 
 def purge_url(db_url: str, table: str, older_than: str, batch: int = 10_000,
               now: datetime | None = None) -> PurgeResult:
-    """What ``siptrace purge --older-than 7d`` runs: parse, connect, purge, close."""
+    """What ``siptrace purge --older-than 7d`` runs: parse, connect, purge, close.
+    On ClickHouse, whole days are dropped (store/clickhouse/retention.py)."""
     delta = parse_duration(older_than)
+    if parse_db_url(db_url).dialect == "clickhouse":
+        from siptrace.store.clickhouse.retention import drop_days
+
+        return PurgeResult(*drop_days(db_url, table, delta, now))
     store = TraceStore(db_url, table)
     try:
         return purge(store, delta, batch, now)

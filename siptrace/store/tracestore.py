@@ -388,6 +388,11 @@ class TraceStore:
             start, done = stop, ends[stop - 1]
 
     # -- reads ----------------------------------------------------------------------
+    def unstored(self, rows: Sequence[TraceRow], markers: Sequence[Marker]) -> list:
+        """The rows of a batch not in the table yet: none when a marker of the batch
+        (its COMMIT was in doubt) says it was committed, all of them otherwise."""
+        return [] if any(map(self.landed, markers)) else list(rows)
+
     def landed(self, marker: Marker) -> bool:
         """Whether the batch that ``marker`` names was committed; raises StorageError."""
         self.connect()

@@ -5,6 +5,7 @@ Accepted forms::
     sqlite:///relative/path.db      sqlite:////absolute/path.db
     mysql://user:pass@host[:port]/db
     postgres://user:pass@host[:port]/db   (postgresql:// too)
+    clickhouse://user:pass@host[:port]/db (native protocol, port 9000; store/clickhouse/)
 
 Special characters in the user or password are percent-encoded (RFC 3986 section 3.2.1);
 one left as it is would cut the password into host, path, query or fragment, where
@@ -20,10 +21,11 @@ import peewee
 from siptrace.errors import ConfigError, StorageError
 from siptrace.redact import redact_url, scrub
 
-SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql"}
+SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgresql", "postgresql": "postgresql",
+           "clickhouse": "clickhouse"}
 # User info (RFC 3986 section 3.2.1): unreserved, percent-encoded, sub-delims and ':'.
 USERINFO = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*")
-DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
+DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432, "clickhouse": 9000}
 CONNECT_TIMEOUT = 5  # seconds; a dead server must not hang the writer for minutes
 # The SQL mode of every MySQL/MariaDB session siptrace opens, set by the driver on each
 # connect: siptrace's statements are written for it, not for whatever the server's
@@ -40,7 +42,7 @@ MYSQL_SQL_MODE = ("STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DI
 class DbUrl:
     """A parsed db_url. ``repr`` never shows the password."""
 
-    dialect: str  # "sqlite" | "mysql" | "postgresql"
+    dialect: str  # "sqlite" | "mysql" | "postgresql" | "clickhouse"
     database: str  # file path for SQLite, database name otherwise
     user: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -82,8 +84,8 @@ def _parse(url: str) -> DbUrl:
     scheme = parts.scheme.lower()
     dialect = SCHEMES.get(scheme)
     if dialect is None:
-        raise ValueError(f"has an unknown scheme {scheme!r} (use sqlite, mysql, postgres or "
-                         "postgresql)")
+        raise ValueError(f"has an unknown scheme {scheme!r} (use sqlite, mysql, postgres, "
+                         "postgresql or clickhouse)")
     options = tuple(parse_qsl(parts.query, keep_blank_values=True))
     if dialect == "sqlite":
         if parts.netloc:
@@ -133,6 +135,9 @@ def open_database(db_url: DbUrl) -> peewee.Database:
     MySQL/MariaDB; see docs/storage.md for the measurements behind the choice.
     """
     opts = _options(db_url)
+    if db_url.dialect == "clickhouse":
+        raise ConfigError(f"db_url {db_url.redacted}: ClickHouse is not a peewee database "
+                          "(siptrace.store.clickhouse opens it)")
     if db_url.dialect == "sqlite":
         return peewee.SqliteDatabase(db_url.database, autoconnect=False, thread_safe=False,
                                      check_same_thread=False, timeout=opts.pop("timeout", 30),

@@ -9,7 +9,7 @@ Routes (GET only; Call-IDs hold any character, so they travel as query parameter
 ``/calls.pcap``   the search's query: the calls found, as pcap
 ``/static/...``   the style sheet
 
-Each request opens its own TraceReader in a worker thread (SQLite connections are
+Each request opens its own reader (store/backends.py) in a worker thread (SQLite connections are
 per thread). ConfigError is a 400 page, StorageError a 503 page, one line each.
 """
 
@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from siptrace.errors import ConfigError, StorageError
 from siptrace.redact import scrub
-from siptrace.store.reader import TraceReader
+from siptrace.store.backends import open_reader
 from siptrace.view.ladder import build_ladder
 from siptrace.view.pcapout import write_capture
 from siptrace.view.search import DEFAULT_LIMIT, parse_filter
@@ -126,11 +126,11 @@ def link_arrows(svg: str) -> str:
 # -- reading ---------------------------------------------------------------------------
 
 async def _read(request: Request, work):
-    """``work(reader)`` in a worker thread, on a TraceReader of its own."""
+    """``work(reader)`` in a worker thread, on a reader of its own."""
     state = request.app.state
 
     def run():
-        with TraceReader(state.db_url, state.table) as reader:
+        with open_reader(state.db_url, state.table) as reader:
             return work(reader)
     return await run_in_threadpool(run)
 
@@ -187,7 +187,7 @@ async def call_page(request: Request) -> HTMLResponse:
 
 async def message_page(request: Request) -> HTMLResponse:
     text = request.query_params.get("id", "")
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) >= 1 << 64:
         raise ConfigError("id: a stored message's row id (a number) is needed")
 
     def work(reader):
