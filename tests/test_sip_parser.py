@@ -8,7 +8,8 @@ from siptrace.decode.layers import PacketDecoder
 from siptrace.decode.packet import UDP
 from siptrace.errors import SipParseError
 from siptrace.sip.detect import looks_like_sip
-from siptrace.sip.parser import COMPACT_FORMS, parse_message, split_header_values
+from siptrace.sip.params import split_header_values
+from siptrace.sip.parser import COMPACT_FORMS, parse_message
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"

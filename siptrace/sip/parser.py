@@ -32,7 +32,7 @@ import re
 from siptrace.errors import SipParseError
 from siptrace.sip.detect import SIP_VERSION, STATUS_PREFIX, TOKEN_CHARS
 from siptrace.sip.message import SipMessage
-from siptrace.sip.params import header_tag, split_header_values  # noqa: F401 (re-export)
+from siptrace.sip.params import header_tag
 
 MAX_HEADER_LINES = 512  # lines split off for the fast path; longer headers take the slow one
 MAX_DIGITS = 18  # longer CSeq numbers and Content-Lengths are garbage (int() caps at 4300)
