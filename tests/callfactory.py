@@ -57,3 +57,18 @@ def stored(rows, first_id=1) -> list[StoredMessage]:
 
 ANSWERED = [("INVITE", ">", 0), (100, "<", 0.01), (180, "<", 0.5), (200, "<", 2),
             ("ACK", ">", 2.1), ("BYE", ">", 32), (200, "<", 32.1, {"cseq": 2, "cseq_method": "BYE"})]
+
+
+def twelve_calls(plans) -> list[TraceRow]:
+    """Twelve calls of different parties, numbers, outcomes (``plans`` in turn), addresses
+    and times from T0, and a registration; in no particular order."""
+    rows = []
+    for i in range(12):
+        rows += call_rows(
+            f"call-{i}@pbx{i % 2}", plans[i % len(plans)], start=T0 + timedelta(minutes=10 * i),
+            caller=["alice", "bob", "carol_x", "dave%"][i % 4], caller_name=f"User {i}",
+            callee=f"004930123{i:02d}", a=f"udp:10.0.{i % 3}.1:5060", b="udp:192.0.2.9:5060")
+    rows += call_rows("reg-1@ua", [("REGISTER", ">", 0),
+                                   (200, "<", 0.1, {"cseq_method": "REGISTER"})],
+                      start=T0 + timedelta(hours=3), caller="alice", callee="alice")
+    return rows

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from callfactory import ANSWERED, T0, call_rows, stored
+from callfactory import ANSWERED, T0, call_rows, stored, twelve_calls
 from siptrace.errors import StorageError
 from siptrace.store import TraceStore, purge
 from siptrace.store.reader import TraceReader
@@ -19,16 +19,7 @@ CANCELLED = [("INVITE", ">", 0), (180, "<", 0.2), ("CANCEL", ">", 9),
 
 def traffic():
     """Twelve calls: parties, numbers, outcomes, addresses and times all different."""
-    rows = []
-    plans = [ANSWERED, FAILED, CANCELLED]
-    for i in range(12):
-        rows += call_rows(
-            f"call-{i}@pbx{i % 2}", plans[i % 3], start=T0 + timedelta(minutes=10 * i),
-            caller=["alice", "bob", "carol_x", "dave%"][i % 4], caller_name=f"User {i}",
-            callee=f"004930123{i:02d}", a=f"udp:10.0.{i % 3}.1:5060", b="udp:192.0.2.9:5060")
-    rows += call_rows("reg-1@ua", [("REGISTER", ">", 0),
-                                   (200, "<", 0.1, {"cseq_method": "REGISTER"})],
-                      start=T0 + timedelta(hours=3), caller="alice", callee="alice")
+    rows = twelve_calls([ANSWERED, FAILED, CANCELLED])
     rows.sort(key=lambda r: r.date)
     return rows
 

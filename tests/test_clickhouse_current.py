@@ -11,7 +11,7 @@ checks 18.16.
 
 import importlib.util
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -29,8 +29,7 @@ from siptrace.store.tracestore import TraceStore
 from siptrace.store.urls import parse_db_url
 from siptrace.view.search import parse_filter
 from storefixtures import make_rows
-from test_clickhouse_reader import (BAD_BYTES, FAILED, FILTERS, CANCELLED, plain, store_both,
-                                    traffic)
+from test_clickhouse_reader import BAD_BYTES, FILTERS, plain, store_both, traffic
 import test_clickhouse_reader as on_18_16
 
 REAL_CLIENT_FOR = connection.client_for
@@ -160,27 +159,7 @@ test_related_legs_are_the_same_as_from_sqlite = on_18_16.test_related_legs_are_t
 
 
 def test_searches_back_from_now_through_widening_windows(engine, database, tmp_path):
-    """300 calls, one every 11 minutes back from now: windows that reach over several
-    day partitions, and pages of candidates."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-    rows = []
-    for i in range(300):
-        caller = ["bob", "dave%"][i % 2] if i < 150 else "alice"
-        rows += call_rows(f"recent-{i}@pbx", [ANSWERED, FAILED, CANCELLED][i % 3],
-                          start=now - timedelta(minutes=11 * i, seconds=i % 7), caller=caller,
-                          caller_name=caller.title())
-    rows.sort(key=lambda r: r.date)
-    urls = f"sqlite:///{tmp_path / 'ref.db'}", url_of(database)
-    store_both(rows, *urls)
-    with TraceReader(urls[0]) as ref, ClickHouseReader(urls[1]) as chdb_reader:
-        for options in ({"limit": 1}, {"limit": 50}, {"limit": 250}, {"limit": 1000},
-                        {"status": "2xx", "limit": 70}, {"from_user": "bob", "limit": 60},
-                        {"since": "20h", "limit": 1000}, {"until": "30h", "limit": 20},
-                        {"since": "50h", "until": "10h", "method": "CANCEL", "limit": 1000}):
-            filt = parse_filter(**options, now=now)
-            assert [c.as_dict() for c in chdb_reader.search(filt)] == [
-                c.as_dict() for c in ref.search(filt)], options
-        assert plain(chdb_reader.rows(limit=300)) == plain(ref.rows(limit=300))
+    on_18_16.searches_back_from_now_match_sqlite(url_of(database), tmp_path)
 
 
 def days_left(engine, database: str, table: str = "sip_trace") -> list[tuple]:
