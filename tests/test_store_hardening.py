@@ -20,10 +20,11 @@ import time
 
 import pytest
 
+from conftest import missing
 from siptrace.errors import StorageError
 from siptrace.store import BatchWriter, Spool, TraceStore
 from siptrace.store.process import LiveWriter, ProcessWriter
-from storefixtures import PG, ScratchDatabase, _unavailable, any_db, make_rows  # noqa: F401
+from storefixtures import PG, ScratchDatabase, any_db, make_rows  # noqa: F401
 
 SIPTRACE = [sys.executable, "-m", "siptrace"]
 
@@ -193,7 +194,7 @@ def test_a_spool_held_by_an_orphaned_store_process_is_waited_for(tmp_path, caplo
 @pytest.fixture
 def immutable(tmp_path):
     if os.geteuid() != 0 or not shutil.which("chattr"):
-        _unavailable("chattr +i needs root and e2fsprogs")
+        missing("chattr +i needs root and e2fsprogs")
     made = []
 
     def make(path, on=True):

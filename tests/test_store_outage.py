@@ -20,8 +20,9 @@ import pytest
 
 from kamailio_lab import Lab, siptrace_status
 from siptrace.store.process import ProcessWriter
+from conftest import missing
 from storefixtures import (ScratchDatabase, can_control_servers, make_rows, start_server,
-                           stop_server, _unavailable)
+                           stop_server)
 
 pytestmark = [pytest.mark.outage, pytest.mark.parametrize("dialect", ["postgresql", "mysql"])]
 
@@ -35,7 +36,7 @@ PACE_S = 0.005  # the sender's bursts
 @pytest.fixture
 def db(dialect, tmp_path):
     if not can_control_servers():
-        _unavailable("stopping the database servers needs root, pg_ctlcluster and mariadbd")
+        missing("stopping the database servers needs root, pg_ctlcluster and mariadbd")
     scratch = ScratchDatabase(dialect, tmp_path)
     yield scratch
     start_server(dialect)
