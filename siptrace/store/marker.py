@@ -6,6 +6,10 @@ the spool must not pull in peewee or a database driver to read or write its reco
 
 from typing import NamedTuple
 
+from siptrace.rows import COLUMNS
+
+_FIELDS = tuple(COLUMNS.index(name) for name in ("date", "callid", "fromip", "toip"))
+
 
 class Marker(NamedTuple):
     """Identity of a batch's first stored row: its id plus columns to confirm it is ours."""
@@ -15,3 +19,8 @@ class Marker(NamedTuple):
     callid: str
     fromip: str
     toip: str
+
+    @classmethod
+    def of(cls, row_id: int, row) -> "Marker":
+        """The marker of a batch whose first row, in the table's column order, is ``row``."""
+        return cls(row_id, *(row[i] for i in _FIELDS))

@@ -369,7 +369,7 @@ class TraceStore:
             first_id = cursor.lastrowid
             if len(batch) > 1:
                 cursor.executemany(self._insert_one, batch[1:])
-        return Marker(first_id, first[0], first[1], first[6], first[7])
+        return Marker.of(first_id, first)
 
     def _mysql_statement(self, batch: _MysqlColumns, start: int, stop: int) -> bytes:
         """One multi-row INSERT of rows start..stop-1 of the batch."""

@@ -55,6 +55,7 @@ class ClickHouseReader:
         if self.url.dialect != "clickhouse":
             raise StorageError(f"{self.url.redacted} is not a clickhouse:// URL")
         self.table = check_table_name(table)
+        self.layout = None  # how the table holds dates (schema.Layout), once open
         self._client = None
 
     def __enter__(self):
@@ -78,21 +79,7 @@ class ClickHouseReader:
         if layout is None:
             client.disconnect()
             raise StorageError(f"{self.url.redacted}: no table {self.table}")
-        # The SQL of: the instant n seconds after the epoch, the sort key, a row's time
-        # and a call's first time in microseconds (with functions every server has).
-        if layout.datetime64:
-            # Not toDateTime(n): 26.9 prunes partitions that hold rows `date < toDateTime(n)`.
-            self._at = "toDateTime64({}, 6)".format
-            self._key = ("date",)
-            micros = ("toUInt64(toDateTime({0})) * 1000000"
-                      " + toUInt64(substring(toString({0}), 21, 6))")
-            self._row_micros = micros.format("date")
-            self._first_micros = micros.format("min(date)")
-        else:
-            self._at = "toDateTime({})".format
-            self._key = ("date", "date_us")
-            self._row_micros = "toUInt64(date) * 1000000 + date_us"
-            self._first_micros = f"min({self._row_micros})"
+        self.layout = layout
         self._client = client
 
     def close(self) -> None:
@@ -118,10 +105,12 @@ class ClickHouseReader:
                                "are for `siptrace index`: ClickHouse needs no call index")
         self.open()
         where = [f"callid = {literal(text_to_msg(callid))}"] if callid else []
-        order = ", ".join(f"{c}{' DESC' if newest_first else ''}" for c in (*self._key, "id"))
+        at = self.layout.at
+        way = " DESC" if newest_first else ""
+        order = ", ".join(f"{c}{way}" for c in (*self.layout.order, "id"))
         # The ids first (small columns), then their rows: msg is read for these only.
         for low in (self._windows(_now()) if newest_first and not callid else [None]):
-            bounds = [f"date >= {self._at(low)}"] if low is not None else []
+            bounds = [f"date >= {at(low)}"] if low is not None else []
             keys = self._run("read rows", f"SELECT id, toUInt32(toDateTime(date)) FROM "
                              f"{self.table}{_where(where + bounds)} ORDER BY {order} "
                              f"LIMIT {int(limit)}")
@@ -133,12 +122,12 @@ class ClickHouseReader:
             seconds = [s for _, s in chunk]
             found += self._messages(where + [
                 f"id IN ({', '.join(str(i) for i, _ in chunk)})",
-                f"date >= {self._at(min(seconds))}", f"date < {self._at(max(seconds) + 1)}"])
+                f"date >= {at(min(seconds))}", f"date < {at(max(seconds) + 1)}"])
         found.sort(key=lambda m: (m.date, m.id), reverse=newest_first)
         return found[:limit]
 
     def _messages(self, where: list[str]) -> list[StoredMessage]:
-        sql = (f"SELECT id, {self._row_micros}, {_ROW_COLUMNS} FROM {self.table}"
+        sql = (f"SELECT id, {self.layout.micros()}, {_ROW_COLUMNS} FROM {self.table}"
                f"{_where(where)}")
         return [StoredMessage(row_id, EPOCH + timedelta(microseconds=micros),
                               *map(msg_to_text, text), msg)
@@ -157,8 +146,8 @@ class ClickHouseReader:
         if not 0 <= row_id < 1 << 64:
             return None
         second = row_id >> 32
-        found = self._messages([f"id = {row_id}", f"date >= {self._at(second)}",
-                                f"date < {self._at(second + 1)}"])
+        found = self._messages([f"id = {row_id}", f"date >= {self.layout.at(second)}",
+                                f"date < {self.layout.at(second + 1)}"])
         return min(found, key=lambda m: m.date) if found else None
 
     def call(self, callid: str) -> CallSummary | None:
@@ -205,7 +194,7 @@ class ClickHouseReader:
         while floor is None or top - span > floor:
             yield top - span
             if not self._run("look for older rows", f"SELECT 1 FROM {self.table} "
-                             f"WHERE date < {self._at(top - span)} LIMIT 1"):
+                             f"WHERE date < {self.layout.at(top - span)} LIMIT 1"):
                 return
             span *= WIDEN
         yield floor
@@ -214,13 +203,13 @@ class ClickHouseReader:
                         until: int | None, limit: int, offset: int) -> str:
         """Call-IDs with a message in [low, until] whose messages within CALL_SPAN of it
         meet every condition, with their first message's time there (microseconds)."""
-        window = [f"date >= {self._at(low)}"]
-        reach = [f"date >= {self._at(low - CALL_SPAN)}"]
+        window = [f"date >= {self.layout.at(low)}"]
+        reach = [f"date >= {self.layout.at(low - CALL_SPAN)}"]
         if until is not None:
-            window.append(f"date <= {self._at(until)}")
-            reach.append(f"date <= {self._at(until + CALL_SPAN)}")
+            window.append(f"date <= {self.layout.at(until)}")
+            reach.append(f"date <= {self.layout.at(until + CALL_SPAN)}")
         having = [f"countIf({' AND '.join(window)}) > 0", *having]
-        return (f"SELECT callid, {self._first_micros} AS first_us FROM {self.table}"
+        return (f"SELECT callid, {self.layout.micros(first=True)} AS first_us FROM {self.table}"
                 f"{_where(where + reach)} GROUP BY callid"
                 + f" HAVING {' AND '.join(having)}"
                 + f" ORDER BY first_us DESC, callid LIMIT {limit} OFFSET {offset}")
@@ -273,8 +262,8 @@ class ClickHouseReader:
                 f"positionCaseInsensitive(msg, {literal(s)}) > 0" for s in sessions]
             known = list(_in_lists(text_to_msg(c) for c in found))
             mentioning = self._run("find related calls", (
-                f"SELECT callid, {self._first_micros} AS first_us FROM {self.table}"
-                + _where([f"date >= {self._at(low)}", f"date <= {self._at(high)}",
+                f"SELECT callid, {self.layout.micros(first=True)} AS first_us FROM {self.table}"
+                + _where([f"date >= {self.layout.at(low)}", f"date <= {self.layout.at(high)}",
                           *(f"callid NOT IN ({chunk})" for chunk in known),
                           " OR ".join(f"({c})" for c in linking)])
                 + f" GROUP BY callid ORDER BY first_us, callid LIMIT {LINK_CANDIDATES}"))

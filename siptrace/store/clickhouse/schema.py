@@ -49,6 +49,29 @@ class Layout:
     local_database: str = ""  # where the shards' tables are
     local_table: str = ""
 
+    # SQL over the date column, with functions every server has.
+    def at(self, second: int) -> str:
+        """The instant ``second`` seconds after the epoch, in the date column's own type:
+        comparing a DateTime64 column with a DateTime makes current servers (26.9) prune
+        partitions that hold matching rows."""
+        return (f"toDateTime64({int(second)}, 6, 'UTC')" if self.datetime64
+                else f"toDateTime({int(second)}, 'UTC')")
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The columns that sort rows by time."""
+        return ("date",) if self.datetime64 else ("date", "date_us")
+
+    def micros(self, first: bool = False) -> str:
+        """A row's time (or with ``first``, a group's first time) in microseconds since
+        the epoch."""
+        if not self.datetime64:
+            row = "toUInt64(date) * 1000000 + date_us"
+            return f"min({row})" if first else row
+        date = "min(date)" if first else "date"
+        return (f"toUInt64(toDateTime({date})) * 1000000"
+                f" + toUInt64(substring(toString({date}), 21, 6))")
+
 
 def columns_ddl(version: tuple[int, ...]) -> str:
     datetime64 = version >= DATETIME64_SINCE

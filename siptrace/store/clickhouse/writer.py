@@ -44,6 +44,10 @@ _TEXT_INDEX = tuple(COLUMNS.index(name) for name in _TEXT)
 _DATE, _CALLID, _MSG = COLUMNS.index("date"), COLUMNS.index("callid"), COLUMNS.index("msg")
 _EPOCH_SECONDS: dict[str, int] = {}  # 'YYYY-MM-DD HH:MM:SS' -> seconds since the epoch
 SECOND_CACHE_SIZE = 4096
+# What tells a row of an in-doubt batch apart, besides its date and the MD5 of msg.
+_KEY_COLUMNS = ("callid", "fromip", "toip", "direction", "traced_user", "method", "status",
+                "fromtag")
+_KEY_INDEX = tuple(COLUMNS.index(name) for name in _KEY_COLUMNS)
 CHECK_CALLIDS = 1000  # Call-IDs per lookup of an in-doubt batch
 CHECK_SECONDS = 60  # a lookup of an in-doubt batch may take this long
 
@@ -116,8 +120,7 @@ class ClickHouseStore:
         if not rows:
             return None
         self.connect()
-        first = rows[0]
-        marker = Marker(0, first[_DATE], first[_CALLID], first[6], first[7])
+        marker = Marker.of(0, rows[0])
         if before_commit is not None:
             before_commit(marker)
         try:
@@ -154,7 +157,7 @@ class ClickHouseStore:
                 self._send(self._columns(rows[start:stop]))
             except Exception as exc:
                 if not connection.rejecting(exc):
-                    err = self._failed(exc, Marker(0, *_marker_fields(rows[start])))
+                    err = self._failed(exc, Marker.of(0, rows[start]))
                     err.rejected = False
                     raise err from None
                 if stop - start == 1:
@@ -172,7 +175,7 @@ class ClickHouseStore:
         n = len(rows)
         dates = [row[_DATE] for row in rows]
         seconds = [_EPOCH_SECONDS.get(d[:19]) or _seconds(d[:19]) for d in dates]
-        micros = [int(d[20:26]) if len(d) > 19 else 0 for d in dates]
+        micros = [_fraction(d) for d in dates]
         ids = [s << 32 | r for s, r in zip(seconds, array("I", os.urandom(4 * n)))]
         if self.layout.datetime64:
             date_columns = [[s * 1_000_000 + u for s, u in zip(seconds, micros)]]
@@ -189,23 +192,19 @@ class ClickHouseStore:
             return list(rows)
         self.connect()
         held = Counter()
-        date_expr = ("toString(date)" if self.layout.datetime64 else
-                     "concat(toString(date), '.', substring(toString(1000000 + date_us), 2))")
         seconds = [_seconds(row[_DATE][:19]) for row in rows]
         callids = sorted({row[_CALLID] for row in rows})
-        # Bounds of the column's own type: comparing DateTime64 with a DateTime loses
-        # rows in partitioned tables on current servers.
-        cast = "toDateTime64({}, 6, 'UTC')" if self.layout.datetime64 else "toDateTime({}, 'UTC')"
-        bounds = (f"date >= {cast.format(min(seconds))} "
-                  f"AND date < {cast.format(max(seconds) + 1)}")
+        at = self.layout.at
+        bounds = f"date >= {at(min(seconds))} AND date < {at(max(seconds) + 1)}"
         for start in range(0, len(callids), CHECK_CALLIDS):
             chunk = ", ".join(map(literal, callids[start:start + CHECK_CALLIDS]))
             found = run(self._client, self.url, "check an in-doubt batch",
-                        f"SELECT {date_expr}, callid, fromip, toip, direction, traced_user, "
-                        f"method, status, fromtag, hex(MD5(msg)) FROM {self.table} "
+                        f"SELECT {self.layout.micros()}, {', '.join(_KEY_COLUMNS)}, "
+                        f"hex(MD5(msg)) "
+                        f"FROM {self.table} "
                         f"WHERE {bounds} AND callid IN ({chunk})",
                         settings={"max_execution_time": CHECK_SECONDS})
-            held.update(_key_of_stored(r) for r in found)
+            held.update(map(tuple, found))
         missing = []
         for row in rows:
             key = _key_of_row(row)
@@ -227,11 +226,18 @@ class ClickHouseStore:
 
 def _seconds(text: str) -> int:
     """Seconds since the epoch of 'YYYY-MM-DD HH:MM:SS' (UTC), cached."""
-    if len(_EPOCH_SECONDS) >= SECOND_CACHE_SIZE:
-        _EPOCH_SECONDS.clear()
-    value = _EPOCH_SECONDS[text] = int(
-        datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
+    value = _EPOCH_SECONDS.get(text)
+    if value is None:
+        if len(_EPOCH_SECONDS) >= SECOND_CACHE_SIZE:
+            _EPOCH_SECONDS.clear()
+        value = _EPOCH_SECONDS[text] = int(
+            datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
     return value
+
+
+def _fraction(text: str) -> int:
+    """The microseconds of the date column's text ('YYYY-MM-DD HH:MM:SS[.ffffff]')."""
+    return int(text[20:26]) if len(text) > 19 else 0
 
 
 def _bytes_column(values: list[str]) -> list[bytes]:
@@ -243,23 +249,10 @@ def _bytes_column(values: list[str]) -> list[bytes]:
     return [v.encode("utf-8", "surrogateescape") for v in values]
 
 
-def _marker_fields(row) -> tuple:
-    return row[_DATE], row[_CALLID], row[6], row[7]
-
-
-def _date_key(text: str) -> str:
-    """The date column's text with all six digits of microseconds."""
-    return text if len(text) > 19 else text + ".000000"
-
-
 def _key_of_row(row) -> tuple:
-    """What tells a row apart, as ``_key_of_stored`` reads it back."""
+    """What tells a row apart, as ``unstored``'s query reads it back."""
     enc = lambda v: v.encode("utf-8", "surrogateescape")  # noqa: E731
-    return (_date_key(row[_DATE]), enc(row[_CALLID]), enc(row[6]), enc(row[7]), enc(row[9]),
-            enc(row[2]), enc(row[4]), enc(row[5]), enc(row[8]),
+    date = row[_DATE]
+    return (_seconds(date[:19]) * 1_000_000 + _fraction(date),
+            *(enc(row[i]) for i in _KEY_INDEX),
             hashlib.md5(row[_MSG]).hexdigest().upper().encode("ascii"))
-
-
-def _key_of_stored(found: tuple) -> tuple:
-    date = found[0].decode("ascii") if isinstance(found[0], bytes) else found[0]
-    return (_date_key(date), *found[1:])
