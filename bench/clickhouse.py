@@ -149,6 +149,8 @@ def format_replays(replay: dict) -> str:
 def _size(cluster) -> dict:
     """Bytes on disk of the bench table once merged into one part a day, per column,
     and the server's CPU for that merge (every row read and written once more)."""
+    from siptrace.store.clickhouse.connection import text
+
     server = cluster.servers[0]
     before, started = _cpu(cluster)[1], time.perf_counter()
     server.execute("OPTIMIZE TABLE bench.sip_trace FINAL")
@@ -165,7 +167,7 @@ def _size(cluster) -> dict:
         if _has_codecs(server) else ""
     return {"rows": rows, "bytes_on_disk": on_disk, "merge": merge,
             "msg_codec": codec or "server default (zstd)",
-            "columns": {name.decode() if isinstance(name, bytes) else name:
+            "columns": {text(name):
                         {"compressed": c, "uncompressed": u} for name, c, u in columns}}
 
 
@@ -228,8 +230,9 @@ def _grown_lookups(server, url: str, copies: int = GROWN_COPIES) -> dict:
     by the server itself, then Call-ID lookups on it: how a lookup grows with the
     table's hours and rows."""
     from siptrace.store.backends import open_reader
+    from siptrace.store.clickhouse.connection import text
 
-    names = [n.decode() if isinstance(n, bytes) else n for (n,) in server.execute(
+    names = [text(n) for (n,) in server.execute(
         "SELECT name FROM system.columns WHERE database = 'bench' AND table = 'sip_trace'")]
     shifted = {"id": "id + bitShiftLeft(toUInt64(n * 3600), 32)",
                "date": "date + toIntervalHour(n)",

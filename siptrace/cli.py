@@ -19,8 +19,9 @@ app = typer.Typer(
 )
 
 DB_URL_HELP = ("Database URL (module parameter db_url): sqlite:///PATH, mysql://USER@HOST/DB, "
-               "postgres://USER@HOST/DB, clickhouse://USER@HOST[:9000]/DB. A password belongs in the config file (db_url = "
-               "mysql://USER:PASSWORD@HOST/DB) or SIPTRACE_DB_URL, never here (ps shows "
+               "postgres://USER@HOST/DB, clickhouse://USER@HOST[:9000]/DB. A password "
+               "belongs in the config file (db_url = mysql://USER:PASSWORD@HOST/DB) "
+               "or SIPTRACE_DB_URL, never here (ps shows "
                "arguments); percent-encode / ? # @ % and spaces in it (%2F %3F %23 %40 %25 %20). "
                f"Default {Settings.db_url}.")
 TABLE_HELP = f"Table name (module parameter table; default {Settings.table})."

@@ -107,6 +107,11 @@ def literal(value: bytes | str) -> str:
     return "'" + value.decode("latin-1").translate(_TRANSLATE) + "'"
 
 
+def text(value: bytes | str) -> str:
+    """A name or value the server sent (bytes, with ``strings_as_bytes``) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def no_such_table(exc: StorageError) -> bool:
     """Whether a wrapped server error says the table or database does not exist."""
     code = getattr(getattr(exc, "original", None), "code", None)

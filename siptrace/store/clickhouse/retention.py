@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
 from siptrace.errors import StorageError
-from siptrace.store.clickhouse.connection import client_for, connect, literal, run
+from siptrace.store.clickhouse.connection import client_for, connect, literal, run, text
 from siptrace.store.clickhouse.schema import describe
 from siptrace.store.urls import DbUrl, parse_db_url
 
@@ -42,9 +42,8 @@ def drop_days(db_url: str, table: str, older_than: timedelta,
     database = layout.local_database or url.database
     shards: dict[int, list[DbUrl]] = {}
     for shard_num, host, port in replicas:
-        host = host.decode() if isinstance(host, bytes) else host
         shards.setdefault(shard_num, []).append(
-            replace(url, host=host, port=port, database=database))
+            replace(url, host=text(host), port=port, database=database))
     return sum(_drop_on_shard(urls, layout.local_table, cutoff.date())
                for urls in shards.values()), cutoff
 
@@ -74,9 +73,9 @@ def _drop(client, url: DbUrl, database: str, table: str, first_kept: date) -> in
                 f"{literal(database)} AND table = {literal(table)} GROUP BY partition")
     deleted = 0
     for partition, rows in parts:
-        day = partition.decode() if isinstance(partition, bytes) else partition
-        if date.fromisoformat(day.strip("'")) < first_kept:
+        day = text(partition).strip("'")
+        if date.fromisoformat(day) < first_kept:
             run(client, url, f"drop partition {day} of {table}",
-                f"ALTER TABLE {database}.{table} DROP PARTITION {literal(day.strip(chr(39)))}")
+                f"ALTER TABLE {database}.{table} DROP PARTITION {literal(day)}")
             deleted += rows
     return deleted

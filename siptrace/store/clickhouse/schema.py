@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from siptrace.errors import StorageError
-from siptrace.store.clickhouse.connection import literal, run
+from siptrace.store.clickhouse.connection import literal, run, text
 
 DATETIME64_SINCE = (20, 1)  # the first release with DateTime64
 CODEC_SINCE = (19, 1)  # the first release with per-column compression codecs
@@ -110,8 +110,8 @@ def describe(client, db_url, table: str) -> Layout | None:
                 f"WHERE database = currentDatabase() AND name = {literal(table)}")
     if not found:
         return None
-    engine, engine_full = (_text(v) for v in found[0])
-    columns = dict((_text(n), _text(t)) for n, t in run(
+    engine, engine_full = map(text, found[0])
+    columns = dict((text(n), text(t)) for n, t in run(
         client, db_url, f"describe {table}",
         f"SELECT name, type FROM system.columns WHERE database = currentDatabase() "
         f"AND table = {literal(table)}"))
@@ -131,7 +131,3 @@ def describe(client, db_url, table: str) -> Layout | None:
                            f"{table}: {engine_full[:200]}")
     cluster, database, local = match.groups()
     return Layout(datetime64, True, cluster, database.strip() or "", local)
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
